@@ -1,0 +1,13 @@
+"""ComfyUI-VideoEdit: text-driven video editing nodes (TokenFlow, EVE, MoViE) for ComfyUI.
+
+ComfyUI loads this folder as a custom node and calls ``comfy_entrypoint`` (V3 node API,
+pinned to the versioned ``comfy_api.v0_0_2``). Nothing ComfyUI-specific is imported at
+module import time, so the pure-torch algorithm modules under ``nodes/`` can be imported
+and tested without ComfyUI.
+"""
+
+
+async def comfy_entrypoint():
+    from .nodes.registry import VideoEditExtension
+
+    return VideoEditExtension()

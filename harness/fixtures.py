@@ -1,0 +1,343 @@
+"""Random-weight models of the real architectures (no weights can ever be downloaded).
+
+Full-size files, written once into a git-ignored cache keyed by their config, in the key
+layouts users' real files have, so the pack's loading code runs on them unchanged:
+- SD1.5 / InstructPix2Pix single-file LDM checkpoints, built with ComfyUI's own UNet, CLIP
+  and VAE classes and saved through ComfyUI's own checkpoint-saving key conversion;
+- an SD1.5 ControlNet (ComfyUI's ``cldm.ControlNet``, the control_v11 key layout);
+- an AnimateDiff v2/v3-format SD1.5 motion module (original AnimateDiff key layout);
+- TAESD encoder/decoder files (``comfy.taesd``'s modules, the madebyollin/taesd layout).
+Tiny in-memory variants (small UNet/CLIP) are built through ComfyUI's public classes for
+fast tests; stock detection rejects them, so they are never written as checkpoints.
+
+ComfyUI's layers skip weight init (its ops leave ``reset_parameters`` empty), so every
+module is re-initialised with torch's own ``reset_parameters`` and every tensor is checked
+finite before it is saved.
+
+Usage: ``python -m harness.fixtures [--base DIR]`` generates everything and links it into
+``DIR/models``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .embedded import DEFAULT_BASE, REPO_ROOT, use_comfy
+
+CACHE = Path(os.environ.get("VIDEOEDIT_FIXTURE_CACHE", REPO_ROOT / ".cache" / "fixtures"))
+GENERATOR_VERSION = 1  # bump when a generator changes what it writes
+
+SD15_CHANNEL_MULT = (1, 2, 4, 4)
+SD_VAE_DDCONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3,
+                   "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [],
+                   "dropout": 0.0}
+
+
+# --------------------------------------------------------------------------- helpers
+
+def reset_parameters(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Initialise every layer with torch's own init (ComfyUI's ops skip it)."""
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        for m in module.modules():
+            for cls in type(m).__mro__:
+                if cls.__module__.startswith("torch.nn") and "reset_parameters" in cls.__dict__:
+                    cls.reset_parameters(m)
+                    break
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return module
+
+
+def assert_finite(sd: dict[str, torch.Tensor], what: str) -> None:
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise AssertionError(f"{what}: non-finite tensors after init: {bad[:5]}")
+
+
+def _cached(name: str, config: dict, build) -> Path:
+    """Directory holding the files ``build(tmpdir)`` writes, generated once per config."""
+    key = hashlib.sha1(json.dumps({"v": GENERATOR_VERSION, "name": name, **config},
+                                  sort_keys=True).encode()).hexdigest()[:12]
+    final = CACHE / f"{name}-{key}"
+    if (final / ".done").exists():
+        return final
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=CACHE))
+    try:
+        build(tmp)
+        (tmp / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
+        (tmp / ".done").touch()
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)  # atomic: a killed generator leaves no half-written fixture
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _save(sd: dict[str, torch.Tensor], path: Path, dtype=torch.float16, what: str = "") -> None:
+    assert_finite(sd, what or path.name)
+    save_file({k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in sd.items()},
+              str(path))
+
+
+# ------------------------------------------------------------------ UNet configurations
+
+def sd15_unet_config(model_channels: int = 320, in_channels: int = 4, context_dim: int = 768,
+                     num_heads: int = 8, channel_mult=SD15_CHANNEL_MULT) -> dict:
+    """The UNet config ComfyUI's model detection produces for an SD1.5 checkpoint.
+
+    Attention on every level but the lowest resolution (SD1.5's layout).
+    """
+    levels = len(channel_mult)
+    depth_in = [d for lvl in range(levels) for d in [int(lvl < levels - 1)] * 2]
+    depth_out = [d for lvl in reversed(range(levels)) for d in [int(lvl < levels - 1)] * 3]
+    return {
+        "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
+        "adm_in_channels": None, "in_channels": in_channels, "out_channels": 4,
+        "model_channels": model_channels, "num_res_blocks": [2] * levels,
+        "transformer_depth": depth_in, "transformer_depth_output": depth_out,
+        "transformer_depth_middle": 1, "channel_mult": list(channel_mult),
+        "use_linear_in_transformer": False, "context_dim": context_dim,
+        "use_temporal_resblock": False, "use_temporal_attention": False,
+        "num_heads": num_heads, "num_head_channels": -1,
+    }
+
+
+def _model_config(unet_config: dict, ip2p: bool):
+    use_comfy()
+    import comfy.supported_models as sm
+    cls = sm.SD15_instructpix2pix if ip2p else sm.SD15
+    cfg = cls(dict(unet_config))
+    cfg.set_inference_dtype(torch.float32, None)
+    return cfg
+
+
+def build_model(unet_config: dict, ip2p: bool = False, seed: int = 0):
+    """A random-weight ComfyUI model (ModelPatcher) from a UNet config, via public classes."""
+    use_comfy()
+    import comfy.model_patcher
+    cfg = _model_config(unet_config, ip2p)
+    model = cfg.get_model({})
+    reset_parameters(model.diffusion_model, seed)
+    assert_finite(model.diffusion_model.state_dict(), "unet")
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"),
+                                            offload_device=torch.device("cpu"))
+
+
+def build_clip(seed: int = 1, tiny: bool = False):
+    """A random-weight SD1 CLIP (comfy.sd.CLIP) with the real SD1 tokenizer.
+
+    ``tiny``: 2 layers, width 64 (context_dim 64) for the tiny UNet configs.
+    """
+    use_comfy()
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.supported_models_base as smb
+
+    if tiny:
+        def clip_model(**kw):
+            cfg = {"hidden_act": "quick_gelu", "hidden_size": 64, "intermediate_size": 128,
+                   "num_attention_heads": 2, "num_hidden_layers": 2, "vocab_size": 49408,
+                   "max_position_embeddings": 77, "layer_norm_eps": 1e-5, "bos_token_id": 0,
+                   "eos_token_id": 49407, "pad_token_id": 1, "projection_dim": 64,
+                   "model_type": "clip_text_model", "architectures": ["CLIPTextModel"],
+                   "torch_dtype": "float32"}
+            return comfy.sd1_clip.SD1ClipModel(
+                clip_model=lambda **k: comfy.sd1_clip.SDClipModel(textmodel_json_config=cfg, **k), **kw)
+        target = smb.ClipTarget(comfy.sd1_clip.SD1Tokenizer, clip_model)
+    else:
+        target = smb.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel)
+    clip = comfy.sd.CLIP(target=target, embedding_directory=None)
+    reset_parameters(clip.cond_stage_model, seed)
+    assert_finite(clip.cond_stage_model.state_dict(), "clip")
+    return clip
+
+
+def build_sd_vae(seed: int = 2) -> dict[str, torch.Tensor]:
+    use_comfy()
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+    vae = AutoencoderKL(ddconfig=dict(SD_VAE_DDCONFIG), embed_dim=4)
+    reset_parameters(vae, seed)
+    return vae.state_dict()
+
+
+def tiny_unet_config(ip2p: bool = False, model_channels: int = 32) -> dict:
+    """Small SD1.5-shaped UNet (3 levels, context 64) for fast tests."""
+    return sd15_unet_config(model_channels=model_channels, in_channels=8 if ip2p else 4, context_dim=64,
+                            num_heads=2, channel_mult=(1, 2, 2))
+
+
+# ------------------------------------------------------------------------ full-size files
+
+def sd15_checkpoint(ip2p: bool = False) -> Path:
+    """Full-size random SD1.5 (or InstructPix2Pix) single-file checkpoint, fp16 (~2 GiB)."""
+    name = "sd15_ip2p_random" if ip2p else "sd15_random"
+    config = {"unet": sd15_unet_config(in_channels=8 if ip2p else 4), "vae": SD_VAE_DDCONFIG, "ip2p": ip2p}
+
+    def build(d: Path):
+        use_comfy()
+        import comfy.model_management
+        patcher = build_model(config["unet"], ip2p=ip2p, seed=10 + ip2p)
+        clip = build_clip(seed=11)
+        # ComfyUI's own save-side key conversion (what CheckpointSave writes): the LDM layout.
+        sd = patcher.model.state_dict_for_saving(clip.get_sd(), build_sd_vae(seed=12), None)
+        _save(sd, d / f"{name}.safetensors", what=name)
+        del patcher, clip
+        comfy.model_management.soft_empty_cache()
+
+    return _cached(name, config, build) / f"{name}.safetensors"
+
+
+def sd15_controlnet() -> Path:
+    """Full-size random SD1.5 ControlNet in the control_v11 key layout (fp16)."""
+    name = "control_sd15_random"
+    unet = sd15_unet_config()
+    config = {"unet": unet, "hint_channels": 3}
+
+    def build(d: Path):
+        use_comfy()
+        import comfy.cldm.cldm
+        import comfy.ops
+        kw = {k: v for k, v in unet.items() if k not in ("out_channels", "transformer_depth_output",
+                                                          "use_temporal_resblock", "use_temporal_attention")}
+        net = comfy.cldm.cldm.ControlNet(hint_channels=3, operations=comfy.ops.disable_weight_init,
+                                         device="cpu", dtype=torch.float32, **kw)
+        reset_parameters(net, 20)
+        _save(net.state_dict(), d / f"{name}.safetensors", what=name)
+
+    return _cached(name, config, build) / f"{name}.safetensors"
+
+
+def _motion_module_sd(channels: int, prefix: str, gen: torch.Generator, max_len: int,
+                      heads: int = 8) -> dict[str, torch.Tensor]:
+    """One AnimateDiff VanillaTemporalModule (two temporal self-attentions, GEGLU FF)."""
+    def lin(out_f, in_f, bias=True):
+        bound = 1 / math.sqrt(in_f)
+        w = (torch.rand(out_f, in_f, generator=gen) * 2 - 1) * bound
+        return (w, (torch.rand(out_f, generator=gen) * 2 - 1) * bound if bias else None)
+
+    sd = {}
+    t = f"{prefix}.temporal_transformer"
+    sd[f"{t}.norm.weight"], sd[f"{t}.norm.bias"] = torch.ones(channels), torch.zeros(channels)
+    sd[f"{t}.proj_in.weight"], sd[f"{t}.proj_in.bias"] = lin(channels, channels)
+    b = f"{t}.transformer_blocks.0"
+    for i in range(2):
+        a = f"{b}.attention_blocks.{i}"
+        for n in ("to_q", "to_k", "to_v"):
+            sd[f"{a}.{n}.weight"] = lin(channels, channels, bias=False)[0]
+        sd[f"{a}.to_out.0.weight"], sd[f"{a}.to_out.0.bias"] = lin(channels, channels)
+        sd[f"{a}.pos_encoder.pe"] = _sinusoidal_pe(max_len, channels)
+        sd[f"{b}.norms.{i}.weight"], sd[f"{b}.norms.{i}.bias"] = torch.ones(channels), torch.zeros(channels)
+    sd[f"{b}.ff.net.0.proj.weight"], sd[f"{b}.ff.net.0.proj.bias"] = lin(channels * 8, channels)
+    sd[f"{b}.ff.net.2.weight"], sd[f"{b}.ff.net.2.bias"] = lin(channels, channels * 4)
+    sd[f"{b}.ff_norm.weight"], sd[f"{b}.ff_norm.bias"] = torch.ones(channels), torch.zeros(channels)
+    # AnimateDiff zero-initialises proj_out at training start; a trained module has it
+    # non-zero, which is what makes it mix frames. Random non-zero values here.
+    sd[f"{t}.proj_out.weight"], sd[f"{t}.proj_out.bias"] = lin(channels, channels)
+    return sd
+
+
+def _sinusoidal_pe(max_len: int, dim: int) -> torch.Tensor:
+    pos = torch.arange(max_len).unsqueeze(1)
+    div = torch.exp(torch.arange(0, dim, 2) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(1, max_len, dim)
+    pe[0, :, 0::2] = torch.sin(pos * div)
+    pe[0, :, 1::2] = torch.cos(pos * div)
+    return pe
+
+
+def animatediff_motion_module(version: str = "v2") -> Path:
+    """Random SD1.5 motion module in the original AnimateDiff v2/v3 key layout (fp16).
+
+    down_blocks.{0-3}.motion_modules.{0,1}, up_blocks.{0-3}.motion_modules.{0,1,2} and (v2)
+    mid_block.motion_modules.0, each a temporal transformer with positional encoding of
+    length 32.
+    """
+    if version not in ("v2", "v3"):
+        raise ValueError(version)
+    name = f"mm_sd15_{version}_random"
+    config = {"version": version, "max_len": 32, "channels": [320, 640, 1280, 1280]}
+
+    def build(d: Path):
+        gen = torch.Generator().manual_seed(30)
+        ch = config["channels"]
+        sd = {}
+        for i, c in enumerate(ch):
+            for j in range(2):
+                sd.update(_motion_module_sd(c, f"down_blocks.{i}.motion_modules.{j}", gen, config["max_len"]))
+        for i, c in enumerate(reversed(ch)):
+            for j in range(3):
+                sd.update(_motion_module_sd(c, f"up_blocks.{i}.motion_modules.{j}", gen, config["max_len"]))
+        if version == "v2":
+            sd.update(_motion_module_sd(ch[-1], "mid_block.motion_modules.0", gen, config["max_len"]))
+        _save(sd, d / f"{name}.safetensors", what=name)
+
+    return _cached(name, config, build) / f"{name}.safetensors"
+
+
+def taesd_files(variant: str = "taesd", latent_channels: int = 4) -> tuple[Path, Path]:
+    """Random TAESD encoder and decoder files named as ComfyUI's VAELoader expects."""
+    config = {"variant": variant, "latent_channels": latent_channels}
+
+    def build(d: Path):
+        use_comfy()
+        from comfy.taesd.taesd import TAESD
+        tae = reset_parameters(TAESD(latent_channels=latent_channels), 40)
+        _save(tae.taesd_encoder.state_dict(), d / f"{variant}_encoder.safetensors", torch.float32)
+        _save(tae.taesd_decoder.state_dict(), d / f"{variant}_decoder.safetensors", torch.float32)
+
+    d = _cached(f"{variant}_random", config, build)
+    return d / f"{variant}_encoder.safetensors", d / f"{variant}_decoder.safetensors"
+
+
+# --------------------------------------------------------------------------- installing
+
+def _link(src: Path, folder: Path, name: str | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    dst = folder / (name or src.name)
+    if dst.is_symlink() or dst.exists():
+        if dst.resolve() == src.resolve():
+            return dst
+        dst.unlink()
+    dst.symlink_to(src)
+    return dst
+
+
+def install_taesd(base: Path) -> None:
+    for f in taesd_files():
+        _link(f, Path(base) / "models" / "vae_approx")
+
+
+def install_all(base: Path = DEFAULT_BASE) -> None:
+    """Generate every full-size fixture and link it into ``base/models``."""
+    models = Path(base) / "models"
+    install_taesd(base)
+    _link(sd15_checkpoint(), models / "checkpoints")
+    _link(sd15_checkpoint(ip2p=True), models / "checkpoints")
+    _link(sd15_controlnet(), models / "controlnet")
+    _link(animatediff_motion_module("v2"), models / "animatediff_models")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", type=Path, default=DEFAULT_BASE, help="ComfyUI base directory to link into")
+    a = ap.parse_args()
+    install_all(a.base)
+    print(f"fixtures in {CACHE}, linked into {a.base / 'models'}")
+
+
+if __name__ == "__main__":
+    main()

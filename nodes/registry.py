@@ -1,0 +1,11 @@
+"""The V3 extension that hands ComfyUI every node of the pack."""
+from __future__ import annotations
+
+from comfy_api.v0_0_2 import ComfyExtension, io
+
+from . import nodes_taesd
+
+
+class VideoEditExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [*nodes_taesd.NODES]

@@ -1,0 +1,49 @@
+"""Shared test fixtures: the pack as an importable package, the embedded ComfyUI, models.
+
+- ``videoedit``: the repository imported as a package named ``videoedit`` so tests reach
+  pure-torch modules (``videoedit.nodes.<module>``) without ComfyUI.
+- ``comfy``: a session-wide in-process ComfyUI (harness.embedded) with this pack loaded and
+  random TAESD files in models/vae_approx; ``comfy.run(api_prompt)`` executes a prompt.
+- Full-size fixture files come from harness.fixtures (generated once, cached in .cache/).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # for `harness`
+
+TEST_BASE = Path(os.environ.get("VIDEOEDIT_TEST_BASE", ROOT / ".comfy" / "test-base"))
+
+
+def _import_pack_as_videoedit():
+    if "videoedit" in sys.modules:
+        return sys.modules["videoedit"]
+    spec = importlib.util.spec_from_file_location(
+        "videoedit", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["videoedit"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_import_pack_as_videoedit()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end runs on full-size models (CI runs them once)")
+    config.addinivalue_line("markers", "browser: drives the real canvas in headless Chromium")
+
+
+@pytest.fixture(scope="session")
+def comfy():
+    """In-process ComfyUI with this pack, on a test base directory with TAESD fixtures."""
+    from harness import embedded, fixtures
+    embedded.prepare_base_dir(TEST_BASE)
+    fixtures.install_taesd(TEST_BASE)
+    return embedded.boot_in_process(TEST_BASE)
