@@ -103,7 +103,9 @@ def sd15_unet_config(model_channels: int = 320, in_channels: int = 4, context_di
     """
     levels = len(channel_mult)
     depth_in = [d for lvl in range(levels) for d in [int(lvl < levels - 1)] * 2]
-    depth_out = [d for lvl in reversed(range(levels)) for d in [int(lvl < levels - 1)] * 3]
+    # ComfyUI pops output depths from the end (lowest resolution first), so this list is
+    # in input-level order like transformer_depth.
+    depth_out = [d for lvl in range(levels) for d in [int(lvl < levels - 1)] * 3]
     return {
         "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
         "adm_in_channels": None, "in_channels": in_channels, "out_channels": 4,
@@ -199,6 +201,16 @@ def sd15_checkpoint(ip2p: bool = False) -> Path:
         comfy.model_management.soft_empty_cache()
 
     return _cached(name, config, build) / f"{name}.safetensors"
+
+
+def sd15_vae() -> Path:
+    """Full-size random SD VAE as a standalone file (the weights inside ``sd15_checkpoint``)."""
+    name = "sd_vae_random"
+
+    def build(d: Path):
+        _save(build_sd_vae(seed=12), d / f"{name}.safetensors", what=name)
+
+    return _cached(name, {"vae": SD_VAE_DDCONFIG}, build) / f"{name}.safetensors"
 
 
 def sd15_controlnet() -> Path:
@@ -327,6 +339,7 @@ def install_all(base: Path = DEFAULT_BASE) -> None:
     install_taesd(base)
     _link(sd15_checkpoint(), models / "checkpoints")
     _link(sd15_checkpoint(ip2p=True), models / "checkpoints")
+    _link(sd15_vae(), models / "vae")
     _link(sd15_controlnet(), models / "controlnet")
     _link(animatediff_motion_module("v2"), models / "animatediff_models")
 

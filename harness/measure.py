@@ -1,0 +1,65 @@
+"""Measuring tools for the benchmarks: FLOPs with CPU attention counted, timing, peak RSS.
+
+See ../shared/MEASURING.md: torch's FlopCounterMode counts CPU attention
+(``aten._scaled_dot_product_flash_attention_for_cpu``) as 0, so we map it to the same
+formula torch uses for the CUDA flash-attention op; without it the UNet's attention and the
+VAE's mid-block attention vanish from the count.
+"""
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from contextlib import contextmanager
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop
+
+aten = torch.ops.aten
+CPU_ATTENTION_FLOPS = {aten._scaled_dot_product_flash_attention_for_cpu: sdpa_flop}
+
+
+def count_flops(fn, *args, **kwargs) -> tuple[int, object]:
+    """Total FLOPs of ``fn(*args, **kwargs)`` (CPU attention included) and its result."""
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
+        out = fn(*args, **kwargs)
+    return counter.get_total_flops(), out
+
+
+def median_seconds(fn, repeats: int = 3, warmup: int = 0) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs (after ``warmup`` untimed runs)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@contextmanager
+def no_grad():
+    with torch.inference_mode():
+        yield
+
+
+def fmt_flops(flops: float) -> str:
+    for unit, scale in (("TFLOPs", 1e12), ("GFLOPs", 1e9), ("MFLOPs", 1e6)):
+        if flops >= scale:
+            return f"{flops / scale:.1f} {unit}"
+    return f"{flops:.0f} FLOPs"
+
+
+def print_table(title: str, header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"
+    text = "\n".join([f"\n### {title}\n", line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+                      *map(line, rows)])
+    print(text, flush=True)
+    return text
