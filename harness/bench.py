@@ -15,13 +15,14 @@ from pathlib import Path
 import torch
 
 from . import fixtures
-from .embedded import REPO_ROOT, boot_in_process
+from .embedded import REPO_ROOT, boot_in_process, use_comfy
 from .measure import count_flops, fmt_flops, median_seconds, print_table
 
 BENCH_BASE = REPO_ROOT / ".comfy" / "bench-base"
 
 
 def _setup():
+    use_comfy(BENCH_BASE)  # before any fixture builder imports ComfyUI with the default base
     fixtures.install_taesd(BENCH_BASE)
     fixtures._link(fixtures.sd15_vae(), BENCH_BASE / "models" / "vae")
     return boot_in_process(BENCH_BASE)

@@ -44,6 +44,6 @@ def pytest_configure(config):
 def comfy():
     """In-process ComfyUI with this pack, on a test base directory with TAESD fixtures."""
     from harness import embedded, fixtures
-    embedded.prepare_base_dir(TEST_BASE)
+    embedded.use_comfy(TEST_BASE)  # fixes ComfyUI's base dir before any fixture builder imports it
     fixtures.install_taesd(TEST_BASE)
     return embedded.boot_in_process(TEST_BASE)
