@@ -13,10 +13,17 @@ import time
 from contextlib import contextmanager
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 aten = torch.ops.aten
-CPU_ATTENTION_FLOPS = {aten._scaled_dot_product_flash_attention_for_cpu: sdpa_flop}
+
+
+def _cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """Same count as torch's formula for the CUDA flash-attention op (QK^T and PV)."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+CPU_ATTENTION_FLOPS = {aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flops}
 
 
 def count_flops(fn, *args, **kwargs) -> tuple[int, object]:
