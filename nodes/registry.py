@@ -4,8 +4,9 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import ComfyExtension, io
 
 from . import nodes_taesd
+from . import nodes_tokenflow
 
 
 class VideoEditExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*nodes_taesd.NODES]
+        return [*nodes_taesd.NODES, *nodes_tokenflow.NODES]

@@ -1,0 +1,181 @@
+"""TokenFlow nodes (V3 glue). The math lives in ``tokenflow.py`` (pure torch).
+
+DDIM Inverter: inverts a video's latents frame by frame with deterministic DDIM in ComfyUI's
+sigma space (classifier-free guidance 1, as the paper's appendix), along the very sigmas the
+TokenFlow sampler will use, optionally refining every step by fixed-point iterations so a
+few steps round-trip almost exactly. The model is called only through ComfyUI's own sampling
+path (``comfy.samplers.CFGGuider`` with a custom KSAMPLER function), so patches, LoRAs,
+model_sampling (eps or v-prediction: the model call returns the denoised latent either way)
+and memory management behave as in any sampler; the input MODEL is not modified.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import comfy.model_management
+import comfy.model_sampling
+import comfy.samplers
+import comfy.utils
+from comfy_api.v0_0_2 import io
+
+from . import tokenflow as tf
+from .frame_chunks import frame_chunks
+
+CATEGORY = "video edit/TokenFlow"
+
+TokenFlowInversion = io.Custom("VIDEOEDIT_TOKENFLOW_INVERSION")
+
+
+@dataclass
+class Inversion:
+    """What the DDIM Inverter hands to the TokenFlow sampler.
+
+    ``trajectory``: [steps + 1, frames, C, H, W] source latents in the model's latent space
+    (after ``process_latent_in``), ``trajectory[i]`` at ``sigmas[i]`` (sampling order);
+    ``sigmas``: the sampling sigmas (float32, CPU); ``fingerprint``: hash of model, frames,
+    conditioning and sigmas, so a sampler can refuse an inversion made for something else.
+    """
+    trajectory: torch.Tensor
+    sigmas: torch.Tensor
+    fingerprint: str
+    refine_iters: int
+    scheduler: str
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas) - 1
+
+
+def model_signature(model) -> tuple:
+    """Cheap identity of a ModelPatcher's weights: classes, patch set and two weight tensors."""
+    inner = model.model
+    params = list(inner.diffusion_model.parameters())
+    first, last = params[0].detach(), params[-1].detach()
+    return (type(inner).__name__, type(model.get_model_object("model_sampling")).__name__,
+            str(model.patches_uuid), len(model.patches), first.float().sum().item(), last.float().sum().item(),
+            tuple(first.shape), tuple(last.shape))
+
+
+def check_model_sampling(model) -> None:
+    ms = model.get_model_object("model_sampling")
+    if not isinstance(ms, comfy.model_sampling.EPS):
+        raise ValueError(
+            f"model: TokenFlow's DDIM works in the x = x0 + sigma * noise space of eps- and "
+            f"v-prediction models (SD1.x, SD2.x, SDXL); this model samples with "
+            f"{type(ms).__name__} (a flow / rectified-flow model), which is not supported")
+
+
+def check_latent(samples: torch.Tensor, model) -> None:
+    if samples.ndim != 4:
+        raise ValueError(f"latent: expected image latents [frames, channels, height, width] (one per frame), "
+                         f"got shape {list(samples.shape)}")
+    if samples.shape[0] == 0:
+        raise ValueError("latent: the batch holds zero frames; encode a video with at least one frame")
+    channels = model.get_model_object("latent_format").latent_channels
+    if samples.shape[1] != channels:
+        raise ValueError(f"latent: {samples.shape[1]} channels, but this model works on {channels}-channel "
+                         "latents; encode the frames with the VAE of this model's family")
+
+
+def inversion_fingerprint(model, positive, samples: torch.Tensor, sigmas: torch.Tensor) -> str:
+    cond = positive[0][0] if positive and isinstance(positive[0][0], torch.Tensor) else repr(positive)[:200]
+    return tf.fingerprint(*model_signature(model), samples, cond, sigmas.float())
+
+
+def ddim_invert_model(model, positive, samples: torch.Tensor, sigmas: torch.Tensor, refine_iters: int,
+                      frames_per_chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``tokenflow.ddim_invert`` through ComfyUI's sampling path, chunk by chunk.
+
+    Returns (trajectory in model latent space on the intermediate device, the noisiest latent
+    in LATENT space).
+    """
+    chunks = frame_chunks(samples.shape[0], frames_per_chunk)
+    steps = len(sigmas) - 1
+    pbar = comfy.utils.ProgressBar(steps * len(chunks))
+    store = comfy.model_management.intermediate_device()
+    out: dict[str, torch.Tensor] = {}
+
+    def step_done(_step: int) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        pbar.update(1)
+
+    def invert(model_k, x, sigmas_dev, extra_args=None, callback=None, disable=None):
+        extra_args = extra_args or {}
+        traj = None
+        for sl in chunks:
+            xc = x[sl]
+
+            def eps_fn(xt: torch.Tensor, sigma: float, _n=xc.shape[0]) -> torch.Tensor:
+                s = torch.full((_n,), sigma, device=xt.device, dtype=xt.dtype)
+                return (xt - model_k(xt, s, **extra_args)) / sigma
+
+            tc = tf.ddim_invert(eps_fn, xc, sigmas_dev, refine_iters, callback=step_done)
+            if traj is None:  # the only allocation that grows with video length
+                traj = torch.empty((tc.shape[0], x.shape[0], *tc.shape[2:]), dtype=torch.float32, device=store)
+            traj[:, sl] = tc.to(store, torch.float32)
+        out["trajectory"] = traj
+        return traj[0].to(x.device, x.dtype)
+
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(positive, positive)
+    guider.set_cfg(1.0)  # the paper inverts with guidance 1 (cond only)
+    noised = guider.sample(torch.zeros_like(samples), samples, comfy.samplers.KSAMPLER(invert), sigmas,
+                           disable_pbar=True, seed=0)
+    return out["trajectory"], noised.to(comfy.model_management.intermediate_device())
+
+
+class DDIMInverter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VideoEditTokenFlowDDIMInverter",
+            display_name="TokenFlow DDIM Inverter",
+            category=CATEGORY,
+            description=(
+                "Inverts video latents frame by frame with deterministic DDIM (guidance 1) along the "
+                "sampling sigmas, the first stage of TokenFlow: the TokenFlow sampler starts from the "
+                "noised latent and reads the source frames' features from the stored trajectory. "
+                "Fixed-point refinement makes each step invertible, so few steps round-trip almost exactly."),
+            inputs=[
+                io.Model.Input("model", tooltip="The image model (SD1.x / SD2.x / SDXL, eps or v-prediction) "
+                                                "that will also do the edit."),
+                io.Conditioning.Input("positive", tooltip="Conditioning describing the source video (the "
+                                                          "inversion prompt; an empty prompt works)."),
+                io.Latent.Input("latent", tooltip="The source video's latents, one per frame (VAE Encode or "
+                                                  "TAESD Encode of the frames)."),
+                io.Int.Input("steps", default=50, min=1, max=1000,
+                             tooltip="Sampling steps; the TokenFlow sampler uses the same steps and sigmas."),
+                io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default="ddim_uniform",
+                               tooltip="Sigma schedule (ddim_uniform matches the reference DDIM timesteps)."),
+                io.Int.Input("refine_iters", default=3, min=0, max=20,
+                             tooltip="Fixed-point iterations per step (each one extra model call); 0 is plain "
+                                     "DDIM inversion. 2-5 make the round trip near exact with few steps."),
+                io.Int.Input("frames_per_chunk", default=16, min=1, max=4096,
+                             tooltip="Frames sent through the model at once. Lower it if memory runs out; "
+                                     "the result does not depend on it."),
+            ],
+            outputs=[
+                TokenFlowInversion.Output("inversion", tooltip="Source trajectory, sigmas and fingerprint for "
+                                                               "the TokenFlow sampler."),
+                io.Latent.Output("noised_latent", tooltip="The inverted (noisiest) latents: the sampler's start."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, latent, steps, scheduler, refine_iters, frames_per_chunk) -> io.NodeOutput:
+        samples = latent["samples"]
+        check_model_sampling(model)
+        check_latent(samples, model)
+        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps)
+        sigmas = sigmas.float().cpu()
+        trajectory, noised = ddim_invert_model(model, positive, samples, sigmas, refine_iters, frames_per_chunk)
+        inv = Inversion(trajectory, sigmas, inversion_fingerprint(model, positive, samples, sigmas),
+                        refine_iters, scheduler)
+        out_latent = {k: v for k, v in latent.items() if k != "noise_mask"}
+        out_latent["samples"] = noised
+        return io.NodeOutput(inv, out_latent)
+
+
+NODES = [DDIMInverter]
