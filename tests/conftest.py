@@ -47,3 +47,37 @@ def comfy():
     embedded.use_comfy(TEST_BASE)  # fixes ComfyUI's base dir before any fixture builder imports it
     fixtures.install_taesd(TEST_BASE)
     return embedded.boot_in_process(TEST_BASE)
+
+
+# ------------------------------------------------------------------- the real server
+SERVER_BASE = Path(os.environ.get("VIDEOEDIT_SERVER_BASE", ROOT / ".comfy" / "server-base"))
+SAMPLE_NAME = "videoedit_sample.mp4"  # the file name the shipped workflows' LoadVideo uses
+
+
+@pytest.fixture(scope="session")
+def comfy_server():
+    """The real ComfyUI server (subprocess, 127.0.0.1, free port) with this pack and random
+    TAESD fixtures, on its own base directory; stopped at the end of the session."""
+    from harness import embedded, fixtures
+    from harness.server import ComfyServer
+    base = embedded.prepare_base_dir(SERVER_BASE)
+    fixtures.install_taesd(base)
+    with ComfyServer(base, log_path=base / "user" / "test-server.log") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def object_info(comfy_server):
+    return comfy_server.object_info()
+
+
+@pytest.fixture(scope="session")
+def sample_clip(comfy_server):
+    """The panned sample clip (8 frames, 64x64, 8 fps, shift (2, 1) per frame) in the
+    server's input folder as videoedit_sample.mp4."""
+    from types import SimpleNamespace
+    from harness.sample_clip import panned_frames, write_mp4
+    frames, offsets = panned_frames(8, 64, shift=(2, 1))
+    path = write_mp4(frames, comfy_server.base / "input" / SAMPLE_NAME, fps=8)
+    return SimpleNamespace(path=path, name=SAMPLE_NAME, frames=frames, offsets=offsets, fps=8.0,
+                           num_frames=8, height=64, width=64)

@@ -1,0 +1,283 @@
+"""The real ComfyUI server as a subprocess on loopback, and a small client for it.
+
+    with ComfyServer(base) as srv:           # base prepared with embedded.prepare_base_dir
+        info = srv.object_info()
+        result = srv.run(api_prompt)          # queue, follow the websocket, fetch history
+        data = srv.view(**result.outputs_of_type(".mp4")[0])
+
+The server runs ``embedded.server_command(base, port)`` on a free 127.0.0.1 port; its log
+goes to a file whose tail is quoted whenever it dies or a run fails. It is always stopped
+on exit (terminate, then kill).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .embedded import REPO_ROOT, server_command
+
+LOOPBACK = "127.0.0.1"
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
+# websocket events collected by wait(); anything else (status, previews) is ignored
+EVENTS = ("execution_start", "execution_cached", "progress", "executing", "executed",
+          "execution_error", "execution_interrupted", "execution_success", "progress_state")
+
+
+class ComfyServerError(RuntimeError):
+    """The server died, refused a prompt, or a prompt failed; the message says why."""
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RunResult:
+    prompt_id: str
+    history: dict                      # the /history/{id} entry
+    messages: list = field(default_factory=list)   # [(event, data)] from the websocket
+
+    @property
+    def outputs(self) -> dict:
+        return self.history.get("outputs", {})
+
+    def events(self, name: str) -> list[dict]:
+        return [d for e, d in self.messages if e == name]
+
+    def files(self) -> list[dict]:
+        """Every file output ({filename, subfolder, type}) of every node, in node order."""
+        found = []
+        for node_out in self.outputs.values():
+            for value in node_out.values():
+                if isinstance(value, list):
+                    found.extend(v for v in value if isinstance(v, dict) and "filename" in v)
+        return found
+
+    def videos(self) -> list[dict]:
+        return [f for f in self.files() if f["filename"].lower().endswith(VIDEO_EXTENSIONS)]
+
+
+class ComfyServer:
+    """Start/stop the real server; talk to it over HTTP and the websocket."""
+
+    def __init__(self, base: Path, port: int | None = None, extra_args: list[str] | None = None,
+                 startup_timeout: float = 120.0, log_path: Path | None = None, env: dict | None = None):
+        self.base = Path(base).resolve()
+        self.port = port or free_port()
+        self.extra_args = list(extra_args or [])
+        self.startup_timeout = startup_timeout
+        self.log_path = Path(log_path) if log_path else None
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+
+    # ----------------------------------------------------------------- lifecycle
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def start(self) -> "ComfyServer":
+        if self.log_path is None:
+            fd, name = tempfile.mkstemp(prefix="comfyui-server-", suffix=".log")
+            os.close(fd)
+            self.log_path = Path(name)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "wb")
+        env = dict(os.environ if self.env is None else self.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        cmd = server_command(self.base, self.port, self.extra_args)
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     cwd=str(REPO_ROOT), env=env)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise ComfyServerError(
+                    f"ComfyUI server exited with code {self.proc.returncode} while starting; log tail:\n"
+                    f"{self.log_tail()}")
+            try:
+                self._get("/system_stats", timeout=2)
+                return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise ComfyServerError(
+                    f"ComfyUI server not ready on {self.url} after {self.startup_timeout:.0f} s; log tail:\n"
+                    f"{self.log_tail()}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=15)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> "ComfyServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            if self._log is not None:
+                self._log.flush()
+            text = self.log_path.read_text(errors="replace")
+        except (OSError, AttributeError):
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    # ---------------------------------------------------------------------- HTTP
+    def _request(self, path: str, data: bytes | None = None, timeout: float = 30):
+        req = urllib.request.Request(self.url + path, data=data,
+                                     headers={"Content-Type": "application/json"} if data is not None else {})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.read()
+
+    def _get(self, path: str, timeout: float = 30):
+        return self._request(path, timeout=timeout)
+
+    def get_json(self, path: str):
+        return json.loads(self._get(path))
+
+    def object_info(self) -> dict:
+        return self.get_json("/object_info")
+
+    def queue_prompt(self, prompt: dict, client_id: str) -> str:
+        body = json.dumps({"prompt": prompt, "client_id": client_id}).encode()
+        try:
+            resp = json.loads(self._request("/prompt", data=body))
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode(errors="replace")
+            try:
+                detail = _format_prompt_error(json.loads(detail))
+            except ValueError:
+                pass
+            raise ComfyServerError(f"server refused the prompt: {detail}") from None
+        if resp.get("node_errors"):
+            raise ComfyServerError(f"server refused the prompt: {_format_prompt_error(resp)}")
+        return resp["prompt_id"]
+
+    def history(self, prompt_id: str) -> dict | None:
+        return self.get_json(f"/history/{urllib.parse.quote(prompt_id)}").get(prompt_id)
+
+    def view(self, filename: str, subfolder: str = "", type: str = "output", **_) -> bytes:
+        q = urllib.parse.urlencode({"filename": filename, "subfolder": subfolder, "type": type})
+        return self._get(f"/view?{q}", timeout=120)
+
+    # ----------------------------------------------------------------- websocket
+    def wait(self, prompt_id: str, client_id: str, timeout: float = 600, on_message=None) -> list:
+        """Follow the websocket until ``prompt_id`` is done; return its [(event, data)].
+
+        Connecting after queueing can miss early events, so while no message arrives the
+        history is polled too; prefer ``run`` (which connects first).
+        """
+        return asyncio.run(self._follow(None, prompt_id, client_id, timeout, on_message))[1]
+
+    def run(self, prompt: dict, timeout: float = 600, on_message=None) -> RunResult:
+        """Queue ``prompt``, follow it to the end, raise ComfyServerError if it failed."""
+        client_id = uuid.uuid4().hex
+        prompt_id, messages = asyncio.run(self._follow(prompt, None, client_id, timeout, on_message))
+        hist = self.history(prompt_id)
+        if hist is None:
+            raise ComfyServerError(f"prompt {prompt_id} finished but has no history entry")
+        errors = [d for e, d in messages if e == "execution_error"]
+        status = hist.get("status", {})
+        if errors or status.get("status_str") == "error":
+            if not errors:
+                errors = [d for e, d in status.get("messages", []) if e == "execution_error"]
+            raise ComfyServerError(_format_execution_error(errors[0] if errors else {}) +
+                                   f"\nserver log tail:\n{self.log_tail(20)}")
+        if any(e == "execution_interrupted" for e, _ in messages):
+            raise ComfyServerError(f"prompt {prompt_id} was interrupted")
+        return RunResult(prompt_id, hist, messages)
+
+    async def _follow(self, prompt, prompt_id, client_id, timeout, on_message):
+        import aiohttp
+        messages = []
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"ws://{LOOPBACK}:{self.port}/ws?clientId={client_id}",
+                                          max_msg_size=0) as ws:
+                if prompt is not None:
+                    prompt_id = await asyncio.to_thread(self.queue_prompt, prompt, client_id)
+                while True:
+                    if time.monotonic() > deadline:
+                        raise ComfyServerError(f"prompt {prompt_id} not done after {timeout:.0f} s")
+                    if self.proc is not None and self.proc.poll() is not None:
+                        raise ComfyServerError(f"ComfyUI server died (code {self.proc.returncode}); log tail:\n"
+                                               f"{self.log_tail()}")
+                    try:
+                        msg = await ws.receive(timeout=2.0)
+                    except asyncio.TimeoutError:
+                        if await asyncio.to_thread(self.history, prompt_id) is not None:
+                            return prompt_id, messages  # finished while we were not listening
+                        continue
+                    if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR):
+                        raise ComfyServerError(f"websocket closed while waiting for {prompt_id}; log tail:\n"
+                                               f"{self.log_tail()}")
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        continue  # binary preview images
+                    data = json.loads(msg.data)
+                    event, payload = data.get("type"), data.get("data") or {}
+                    if event not in EVENTS:
+                        continue
+                    if payload.get("prompt_id") not in (None, prompt_id):
+                        continue
+                    messages.append((event, payload))
+                    if on_message is not None:
+                        on_message(event, payload)
+                    if event in ("execution_error", "execution_interrupted", "execution_success") or (
+                            event == "executing" and payload.get("node") is None):
+                        # the history entry is written just after these messages are sent
+                        while await asyncio.to_thread(self.history, prompt_id) is None:
+                            if time.monotonic() > deadline:
+                                raise ComfyServerError(f"prompt {prompt_id} finished but has no history entry")
+                            await asyncio.sleep(0.05)
+                        return prompt_id, messages
+
+
+def _format_prompt_error(resp: dict) -> str:
+    parts = []
+    err = resp.get("error")
+    if isinstance(err, dict):
+        parts.append(f"{err.get('message', '')} {err.get('details', '')}".strip())
+    elif err:
+        parts.append(str(err))
+    for node_id, ne in (resp.get("node_errors") or {}).items():
+        for e in ne.get("errors", []):
+            parts.append(f"node {node_id} ({ne.get('class_type')}): {e.get('message')}: {e.get('details')}")
+    return "; ".join(p for p in parts if p) or json.dumps(resp)
+
+
+def _format_execution_error(err: dict) -> str:
+    tb = "".join(err.get("traceback") or [])
+    return (f"node {err.get('node_id')} ({err.get('node_type')}) failed: "
+            f"{err.get('exception_type', 'error')}: {err.get('exception_message', '(no message)')}"
+            + (f"\n{tb}" if tb else ""))

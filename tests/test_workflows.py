@@ -1,0 +1,97 @@
+"""Every shipped workflow, end to end on the real server: the sample clip in, an mp4 out
+(right frame count, size and frame rate), progress reported over the websocket. Plus the
+headless runner (python -m harness.runner serve --headless) as a user would call it."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.sample_clip import read_video
+from harness.workflow_api import apply_overrides, to_api
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+
+
+def test_there_are_workflows():
+    assert WORKFLOWS
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_workflow_runs_end_to_end(path, comfy_server, object_info, sample_clip, tmp_path):
+    prompt = to_api(json.loads(path.read_text()), object_info)
+    loaders = [nid for nid, n in prompt.items() if n["class_type"] == "LoadVideo"]
+    assert loaders, f"{path.name} loads no video"
+    for nid in loaders:
+        prompt[nid]["inputs"]["file"] = sample_clip.name
+    # small chunks, so every chunked node reports progress more than once
+    chunked = [nid for nid, n in prompt.items() if "frames_per_chunk" in n["inputs"]]
+    prompt = apply_overrides(prompt, [f"{nid}.frames_per_chunk=3" for nid in chunked])
+
+    result = comfy_server.run(prompt, timeout=300)
+
+    assert result.events("execution_success"), result.messages
+    executed = {d["node"] for d in result.events("executing") if d.get("node")}
+    cached = {n for d in result.events("execution_cached") for n in d.get("nodes", [])}
+    assert executed | cached == set(prompt), f"nodes neither run nor cached: {sorted(set(prompt) - executed - cached)}"
+    assert set(chunked) <= executed  # our nodes' inputs changed (chunk size), so they ran
+    progress = result.events("progress")
+    assert progress, "no progress message arrived over the websocket"
+    for nid in chunked:  # 8 frames in chunks of 3: 1/3, 2/3, 3/3
+        steps = [(d["value"], d["max"]) for d in progress if d["node"] == nid]
+        assert steps == [(1, 3), (2, 3), (3, 3)], (nid, steps)
+
+    videos = result.videos()
+    assert videos, f"{path.name} saved no video: {result.outputs}"
+    out = tmp_path / "out.mp4"
+    out.write_bytes(comfy_server.view(**videos[0]))
+    frames, fps = read_video(out)
+    assert frames.shape == (sample_clip.num_frames, sample_clip.height, sample_clip.width, 3)
+    assert fps == pytest.approx(sample_clip.fps)
+    assert (comfy_server.base / "output" / videos[0]["subfolder"] / videos[0]["filename"]).is_file()
+
+
+def _runner(args, base, timeout=300):
+    env = {k: v for k, v in os.environ.items() if k not in ("VIDEOEDIT_BASE", "VIDEOEDIT_EXTRA_MODEL_PATHS")}
+    return subprocess.run([sys.executable, "-m", "harness.runner", "serve", "--base", str(base), *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def runner_base(tmp_path_factory):
+    return tmp_path_factory.mktemp("runner") / "base"
+
+
+def test_headless_runner_writes_the_video(runner_base, sample_clip, tmp_path):
+    out = tmp_path / "sub" / "result.mp4"
+    r = _runner(["--headless", "taesd_video_roundtrip", "--video", str(sample_clip.path), "--out", str(out),
+                 "--set", "VideoEditTAESDDecode.frames_per_chunk=5"], runner_base)
+    assert r.returncode == 0, r.stdout + r.stderr
+    frames, fps = read_video(out)
+    assert frames.shape == (8, 64, 64, 3) and fps == pytest.approx(8)
+    assert "RANDOM weights" in r.stderr  # no TAESD of the user's: the fixtures were linked, loudly
+    assert "VideoEditTAESDDecode: 2/2" in r.stdout  # progress lines (8 frames, chunks of 5)
+    vae_approx = runner_base / "models" / "vae_approx"
+    assert sorted(p.name for p in vae_approx.iterdir()) == ["taesd_decoder.safetensors", "taesd_encoder.safetensors"]
+    assert not list((runner_base / "input").glob("videoedit_headless_*")), "the copied input was left behind"
+    assert not list(out.parent.glob(".*")), "a temporary file was left next to the output"
+
+
+def test_headless_runner_fails_with_the_servers_message(runner_base, sample_clip, tmp_path):
+    out = tmp_path / "never.mp4"
+    r = _runner(["--headless", "taesd_video_roundtrip", "--video", str(sample_clip.path), "--out", str(out),
+                 "--set", "VideoEditTAESDEncode.variant=taef1"], runner_base)
+    assert r.returncode != 0
+    assert "taef1_encoder.safetensors" in r.stderr, r.stderr
+    assert not out.exists()
+
+
+def test_headless_runner_rejects_unknown_workflow(runner_base, tmp_path):
+    r = _runner(["--headless", "no_such_workflow", "--video", str(tmp_path / "x.mp4"), "--out", str(tmp_path / "o.mp4")],
+                runner_base, timeout=120)
+    assert r.returncode != 0 and "taesd_video_roundtrip" in r.stderr
