@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from harness.sample_clip import read_video
 from harness.workflow_api import apply_overrides, to_api
@@ -20,6 +21,21 @@ WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 
 def test_there_are_workflows():
     assert WORKFLOWS
+
+
+def test_sample_clip_pans_by_the_known_shift(sample_clip):
+    """The workflows' input: frame i is frame 0 moved by i*(dx, dy) = i*(2, 1), exactly in the
+    tensor and within h264 loss in the mp4."""
+    frames, offsets = sample_clip.frames, sample_clip.offsets
+    assert frames.shape == (8, 64, 64, 3) and offsets.tolist() == [[2 * i, i] for i in range(8)]
+    assert frames.std() > 0.1  # a photograph, not a flat colour
+    for i in range(1, 8):
+        dx, dy = offsets[i].tolist()
+        assert torch.equal(frames[i][: 64 - dy, : 64 - dx], frames[0][dy:, dx:])
+        assert not torch.equal(frames[i], frames[0])
+    decoded, fps = read_video(sample_clip.path)
+    assert decoded.shape == frames.shape and fps == pytest.approx(8)
+    assert (decoded - frames).abs().mean() < 0.03
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
