@@ -45,7 +45,7 @@ CHECK_GRAPH = """() => {
 def page(comfy_server):
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not installed (Debian package 'chromium'; tools/setup_test_deps.sh installs it)")
-    from playwright.sync_api import sync_playwright
+    sync_playwright = pytest.importorskip("playwright.sync_api", reason="Playwright's Python package is not installed").sync_playwright
     # no first-run tour or template browser over the canvas
     comfy_server._request("/settings/Comfy.TutorialCompleted", data=b"true")
     with sync_playwright() as p:
