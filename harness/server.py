@@ -83,6 +83,7 @@ class ComfyServer:
         self.env = env
         self.proc: subprocess.Popen | None = None
         self._log = None
+        self._own_log = False  # a temporary log we made is removed on stop
 
     # ----------------------------------------------------------------- lifecycle
     @property
@@ -94,6 +95,7 @@ class ComfyServer:
             fd, name = tempfile.mkstemp(prefix="comfyui-server-", suffix=".log")
             os.close(fd)
             self.log_path = Path(name)
+            self._own_log = True
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")
         env = dict(os.environ if self.env is None else self.env)
@@ -137,6 +139,8 @@ class ComfyServer:
         if self._log is not None:
             self._log.close()
             self._log = None
+        if self._own_log and self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> "ComfyServer":
         return self.start()
