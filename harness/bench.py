@@ -22,7 +22,7 @@ BENCH_BASE = REPO_ROOT / ".comfy" / "bench-base"
 
 
 def _setup():
-    use_comfy(BENCH_BASE)  # before any fixture builder imports ComfyUI with the default base
+    use_comfy(BENCH_BASE)
     fixtures.install_taesd(BENCH_BASE)
     fixtures._link(fixtures.sd15_vae(), BENCH_BASE / "models" / "vae")
     return boot_in_process(BENCH_BASE)

@@ -130,21 +130,29 @@ def use_comfy(base: Path | None = None) -> None:
     """Make ComfyUI importable in this process with the settings main.py would apply.
 
     comfy.cli_args parses nothing unless asked, so we set what main.py would take from the
-    command line before folder_paths / model_management read it at import. Without ``base``
-    the default base directory is used; the first call fixes it for the process.
+    command line before comfy.model_management reads it at import. ``base`` also fixes the
+    base directory, which folder_paths reads once at import: the first call with a base
+    fixes it for the process (fixture builders call this without one; comfy/ itself never
+    imports folder_paths).
     """
     global _ARGS_BASE
     comfy_dir = find_comfyui()
     if str(comfy_dir) not in sys.path:
         sys.path.insert(0, str(comfy_dir))
-    if _ARGS_BASE is not None:
-        return
-    base = prepare_base_dir(base or DEFAULT_BASE)
     from comfy.cli_args import args
     args.cpu = True
-    args.base_directory = str(base)
     args.use_pytorch_cross_attention = True
     args.disable_auto_launch = True
+    if base is None:
+        return
+    base = prepare_base_dir(base)
+    if _ARGS_BASE is not None:
+        if _ARGS_BASE != base:
+            raise RuntimeError(f"ComfyUI's base directory is already {_ARGS_BASE} in this process, not {base}")
+        return
+    if "folder_paths" in sys.modules:
+        raise RuntimeError("folder_paths was imported before the base directory was set")
+    args.base_directory = str(base)
     _ARGS_BASE = base
     # utils.extra_config (which imports folder_paths, reading args) must be imported before
     # anything imports nodes, or ComfyUI's `utils` package is shadowed by comfy/utils.py.

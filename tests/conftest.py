@@ -44,7 +44,7 @@ def pytest_configure(config):
 def comfy():
     """In-process ComfyUI with this pack, on a test base directory with TAESD fixtures."""
     from harness import embedded, fixtures
-    embedded.use_comfy(TEST_BASE)  # fixes ComfyUI's base dir before any fixture builder imports it
+    embedded.use_comfy(TEST_BASE)
     fixtures.install_taesd(TEST_BASE)
     return embedded.boot_in_process(TEST_BASE)
 
@@ -56,12 +56,13 @@ SAMPLE_NAME = "videoedit_sample.mp4"  # the file name the shipped workflows' Loa
 
 @pytest.fixture(scope="session")
 def comfy_server():
-    """The real ComfyUI server (subprocess, 127.0.0.1, free port) with this pack and random
-    TAESD fixtures, on its own base directory; stopped at the end of the session."""
+    """The real ComfyUI server (subprocess, 127.0.0.1, free port) with this pack and every
+    random-weight fixture (SD1.5, IP2P, ControlNet, motion module, TAESD) linked into its own
+    base directory; stopped at the end of the session."""
     from harness import embedded, fixtures
     from harness.server import ComfyServer
     base = embedded.prepare_base_dir(SERVER_BASE)
-    fixtures.install_taesd(base)
+    fixtures.install_all(base)
     with ComfyServer(base, log_path=base / "user" / "test-server.log") as srv:
         yield srv
 
