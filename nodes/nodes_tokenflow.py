@@ -42,6 +42,8 @@ class Inversion:
     fingerprint: str
     refine_iters: int
     scheduler: str
+    model_id: str = ""  # hash of the model's signature: the sampler refuses another model
+    source_context: torch.Tensor | None = None  # the inversion prompt's cross-attention tokens [1, T, C]
 
     @property
     def steps(self) -> int:
@@ -56,6 +58,11 @@ def model_signature(model) -> tuple:
     return (type(inner).__name__, type(model.get_model_object("model_sampling")).__name__,
             str(model.patches_uuid), len(model.patches), first.float().sum().item(), last.float().sum().item(),
             tuple(first.shape), tuple(last.shape))
+
+
+def model_id(model) -> str:
+    """Short hash of ``model_signature``: which weights (and weight patches) a model has."""
+    return tf.fingerprint(*model_signature(model))
 
 
 def check_model_sampling(model) -> None:
@@ -171,8 +178,10 @@ class DDIMInverter(io.ComfyNode):
         sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps)
         sigmas = sigmas.float().cpu()
         trajectory, noised = ddim_invert_model(model, positive, samples, sigmas, refine_iters, frames_per_chunk)
+        context = positive[0][0] if positive and isinstance(positive[0][0], torch.Tensor) else None
         inv = Inversion(trajectory, sigmas, inversion_fingerprint(model, positive, samples, sigmas),
-                        refine_iters, scheduler)
+                        refine_iters, scheduler, model_id(model),
+                        None if context is None else context[:1].detach().float().cpu().clone())
         out_latent = {k: v for k, v in latent.items() if k != "noise_mask"}
         out_latent["samples"] = noised
         return io.NodeOutput(inv, out_latent)

@@ -5,9 +5,10 @@ from comfy_api.v0_0_2 import ComfyExtension, io
 
 from . import nodes_taesd
 from . import nodes_tokenflow
+from . import nodes_tokenflow_sampler
 from . import nodes_movie
 
 
 class VideoEditExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*nodes_taesd.NODES, *nodes_tokenflow.NODES, *nodes_movie.NODES]
+        return [*nodes_taesd.NODES, *nodes_tokenflow.NODES, *nodes_tokenflow_sampler.NODES, *nodes_movie.NODES]

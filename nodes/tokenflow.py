@@ -139,6 +139,19 @@ def ddim_sample(eps_fn: EpsFn, x: torch.Tensor, sigmas: torch.Tensor) -> torch.T
     return x
 
 
+def sdedit_start(x0: torch.Tensor, x_max: torch.Tensor, sigma_max: float, sigma_min: float,
+                 sigma_start: float) -> torch.Tensor:
+    """SDEdit start: the clean latent noised to ``sigma_start`` with the *inverted* noise.
+
+    ``x0`` is the latent at ``sigma_min`` (the clip; ``sigma_min`` is usually 0) and ``x_max``
+    its DDIM inversion at ``sigma_max``; the inverted noise ``(x_max - x0) / (sigma_max -
+    sigma_min)`` is shared structure across frames (official run_tokenflow_sdedit.py adds the
+    DDIM eps rather than fresh noise). Returns ``x0 + (sigma_start - sigma_min) * eps``.
+    """
+    eps = (x_max - x0) / (sigma_max - sigma_min)
+    return x0 + (sigma_start - sigma_min) * eps
+
+
 def fingerprint(*parts) -> str:
     """A short stable hash of tensors / strings / numbers (which model, frames and sigmas
     an inversion belongs to), so a sampler can refuse a mismatched inversion."""
