@@ -136,7 +136,8 @@ class TemporalAttentionBlock(nn.Module):
         for block in tt.transformer_blocks:
             hs = block(hs)
         hs = hs.unflatten(0, (-1, h * w)).permute(0, 2, 1, 3).flatten(0, 1)
-        out = tt.proj_out(hs).reshape(bf, h, w, c).permute(0, 3, 1, 2) + x
+        # contiguous: a channels-last result would send the next convolutions down other kernels
+        out = x + tt.proj_out(hs).reshape(bf, h, w, c).permute(0, 3, 1, 2).contiguous()
         return _keep_anchor(x, out, frames) if anchor else out
 
 
@@ -152,7 +153,7 @@ class TemporalConvBlock(nn.Module):
     def forward(self, x: torch.Tensor, frames: int, anchor: bool = False) -> torch.Tensor:
         bf, c, h, w = x.shape
         seq = x.unflatten(0, (-1, frames)).permute(0, 3, 4, 2, 1).reshape(-1, c, frames)
-        delta = self.conv(seq).reshape(-1, h, w, c, frames).permute(0, 4, 3, 1, 2).flatten(0, 1)
+        delta = self.conv(seq).reshape(-1, h, w, c, frames).permute(0, 4, 3, 1, 2).flatten(0, 1).contiguous()
         out = x + delta
         return _keep_anchor(x, out, frames) if anchor else out
 

@@ -182,3 +182,11 @@ def test_window_argument_errors():
     assert eve.frames_for_batch(16, 2) == 8
     with pytest.raises(ValueError):
         eve.frames_for_batch(15, 2)
+
+
+def test_temporal_layers_return_contiguous_nchw():
+    # a channels-last result would change the kernels (and the bits) of the next convolutions
+    _, mod = _loaded(32)
+    x = torch.randn(4, 32, 3, 3)
+    assert mod(x, 4).is_contiguous() and mod(x, 4, anchor=True).is_contiguous()
+    assert ta.TemporalConvBlock(32)(x, 4).is_contiguous()
