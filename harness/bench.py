@@ -61,6 +61,8 @@ def bench_taesd(comfy, size: int = 256, frames: int = 8, repeats: int = 3) -> st
 
 
 BENCHES = {"taesd": bench_taesd}
+from .bench_eve import bench_eve  # noqa: E402  (EVE plug-and-play: one worker process per size)
+BENCHES["eve"] = bench_eve
 
 
 def main() -> None:

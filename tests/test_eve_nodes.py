@@ -228,3 +228,64 @@ def test_full_size_animatediff_fixture_fits_sd15_layout():
     adapter = adapter_from_state_dict(load_file(str(path)), path.name)
     check_adapter(adapter, unet_layout(320, (1, 2, 4, 4), 2))
     assert len(adapter.items()) == 21 and adapter.max_frames == 32
+
+
+def test_ckpt_motion_module_loads_through_weights_only(comfy):
+    import folder_paths
+    from safetensors.torch import load_file
+    name = _tiny_ad_file(comfy, "mm_tiny_for_ckpt.safetensors", seed=32)
+    folder = folder_paths.get_folder_paths("animatediff_models")[0]
+    torch.save(load_file(os.path.join(folder, name)), os.path.join(folder, "mm_tiny.ckpt"))
+    a = _loaded(comfy, name).adapter_state_dict()
+    b = _loaded(comfy, "mm_tiny.ckpt").adapter_state_dict()
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lora_stacks_on_top_and_resolves_through_the_adapter_blocks(comfy, parts):
+    """A LoRA on output_blocks.2.1 (the upsampler, after which names would shift if the adapter
+    renumbered the block) is applied on the stacked model."""
+    import folder_paths
+    from safetensors.torch import save_file
+    unet = parts["model"].model.diffusion_model
+    conv = unet.output_blocks[2][1].conv
+    g = torch.Generator().manual_seed(9)
+    out_c, in_c = conv.weight.shape[:2]
+    lora = {"lora_unet_output_blocks_2_1_conv.lora_down.weight": torch.randn(2, in_c, 3, 3, generator=g),
+            "lora_unet_output_blocks_2_1_conv.lora_up.weight": torch.randn(out_c, 2, 1, 1, generator=g),
+            "lora_unet_output_blocks_2_1_conv.alpha": torch.tensor(2.0)}
+    folder = folder_paths.get_folder_paths("loras")[0]
+    os.makedirs(folder, exist_ok=True)
+    save_file(lora, os.path.join(folder, "eve_test_lora.safetensors"))
+    images, latent = _images(), _latent()
+    node = comfy.node_classes["VideoEditEVEAdapterStacker"]
+    adapter = _loaded(comfy)
+    args = (parts["model"], adapter, parts["control"], images, parts["pos"], parts["neg"], 1.0, 0, 4, True,
+            "backbone default")
+    plain = _run(comfy, node.execute(*args, "none", 1.0).result, latent)
+    stacked = node.execute(*args, "eve_test_lora.safetensors", 1.0).result
+    assert "diffusion_model.output_blocks.2.1.conv.weight" in stacked[0].patches
+    with_lora = _run(comfy, stacked, latent)
+    assert (with_lora - plain).abs().max() > 1e-3
+    after = _run(comfy, node.execute(*args, "none", 1.0).result, latent)
+    assert torch.equal(after, plain)  # the LoRA was on a clone only
+
+
+@pytest.mark.slow
+def test_shipped_eve_workflow_in_sliding_windows(comfy_server, object_info, sample_clip, tmp_path):
+    """The shipped template with 4-frame windows overlapping by 2 on the 8-frame sample clip:
+    several windows, every frame out, on the full-size random SD1.5 + ControlNet + motion module."""
+    import json
+    from pathlib import Path
+    from harness.sample_clip import read_video
+    from harness.workflow_api import apply_overrides, to_api
+    wf = Path(__file__).resolve().parent.parent / "workflows" / "eve_plug_and_play_edit.json"
+    prompt = to_api(json.loads(wf.read_text()), object_info)
+    stacker = next(nid for nid, n in prompt.items() if n["class_type"] == "VideoEditEVEAdapterStacker")
+    assert prompt[stacker]["inputs"]["context_length"] == 8  # EVE's window
+    prompt = apply_overrides(prompt, [f"{stacker}.context_length=4", f"{stacker}.context_overlap=2"])
+    result = comfy_server.run(prompt, timeout=300)
+    assert result.events("execution_success"), result.messages
+    out = tmp_path / "eve.mp4"
+    out.write_bytes(comfy_server.view(**result.videos()[0]))
+    frames, _ = read_video(out)
+    assert frames.shape == (8, 64, 64, 3) and frames.std() > 0
