@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+import comfy.conds
 import comfy.model_management
 import comfy.model_sampling
 import comfy.samplers
@@ -91,6 +92,29 @@ def inversion_fingerprint(model, positive, samples: torch.Tensor, sigmas: torch.
     return tf.fingerprint(*model_signature(model), samples, cond, sigmas.float())
 
 
+class FrameSelector:
+    """Per-chunk rows of batch-shaped conditioning (an InstructPix2Pix image, one per frame):
+    ComfyUI would otherwise give every chunk the first rows of the whole batch."""
+
+    def __init__(self, guider, num_frames: int):
+        self.items = []
+        for conds in (guider.conds or {}).values():
+            for c in conds:
+                for key, mc in c.get("model_conds", {}).items():
+                    t = getattr(mc, "cond", None)
+                    if isinstance(mc, comfy.conds.CONDRegular) and isinstance(t, torch.Tensor) \
+                            and t.ndim > 0 and t.shape[0] == num_frames and num_frames > 1:
+                        self.items.append((c["model_conds"], key, mc))
+
+    def select(self, idx: torch.Tensor | slice) -> None:
+        for store, key, full in self.items:
+            store[key] = full._copy_with(full.cond[idx])
+
+    def restore(self) -> None:
+        for store, key, full in self.items:
+            store[key] = full
+
+
 def ddim_invert_model(model, positive, samples: torch.Tensor, sigmas: torch.Tensor, refine_iters: int,
                       frames_per_chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``tokenflow.ddim_invert`` through ComfyUI's sampling path, chunk by chunk.
@@ -111,7 +135,9 @@ def ddim_invert_model(model, positive, samples: torch.Tensor, sigmas: torch.Tens
     def invert(model_k, x, sigmas_dev, extra_args=None, callback=None, disable=None):
         extra_args = extra_args or {}
         traj = None
+        selector = FrameSelector(guider, x.shape[0])  # per-frame image conditioning (IP2P) follows the chunk
         for sl in chunks:
+            selector.select(sl)
             xc = x[sl]
 
             def eps_fn(xt: torch.Tensor, sigma: float, _n=xc.shape[0]) -> torch.Tensor:
@@ -122,6 +148,7 @@ def ddim_invert_model(model, positive, samples: torch.Tensor, sigmas: torch.Tens
             if traj is None:  # the only allocation that grows with video length
                 traj = torch.empty((tc.shape[0], x.shape[0], *tc.shape[2:]), dtype=torch.float32, device=store)
             traj[:, sl] = tc.to(store, torch.float32)
+        selector.restore()
         out["trajectory"] = traj
         return traj[0].to(x.device, x.dtype)
 

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-import comfy.conds
 import comfy.k_diffusion.sampling
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management
@@ -42,7 +41,8 @@ import comfy.utils
 from comfy_api.v0_0_2 import io
 
 from . import tokenflow as tf
-from .nodes_tokenflow import (CATEGORY, Inversion, TokenFlowInversion, check_model_sampling, model_id)
+from .nodes_tokenflow import (CATEGORY, FrameSelector, Inversion, TokenFlowInversion, check_model_sampling,
+                              model_id)
 
 # ---------------------------------------------------------------------------- the patch state
 
@@ -307,29 +307,6 @@ def check_conds(positive, negative, num_frames: int, frames_per_chunk: int) -> N
 # --------------------------------------------------------------------------- the loop
 
 
-class _FrameSelector:
-    """Per-chunk rows of batch-shaped conditioning (an InstructPix2Pix image, one per frame):
-    ComfyUI would otherwise give every chunk the first rows of the whole batch."""
-
-    def __init__(self, guider, num_frames: int):
-        self.items = []
-        for conds in (guider.conds or {}).values():
-            for c in conds:
-                for key, mc in c.get("model_conds", {}).items():
-                    t = getattr(mc, "cond", None)
-                    if isinstance(mc, comfy.conds.CONDRegular) and isinstance(t, torch.Tensor) \
-                            and t.ndim > 0 and t.shape[0] == num_frames and num_frames > 1:
-                        self.items.append((c["model_conds"], key, mc))
-
-    def select(self, idx: torch.Tensor | slice) -> None:
-        for store, key, full in self.items:
-            store[key] = full._copy_with(full.cond[idx])
-
-    def restore(self) -> None:
-        for store, key, full in self.items:
-            store[key] = full
-
-
 def tokenflow_sample(model, positive, negative, cfg: float, inv: Inversion, start: int, start_latent: torch.Tensor,
                      state: TokenFlowState | None, frames_per_chunk: int, interval: int, keyframe_mode: str, seed: int,
                      pnp_f_t: float, pnp_attn_t: float) -> torch.Tensor:
@@ -348,7 +325,7 @@ def tokenflow_sample(model, positive, negative, cfg: float, inv: Inversion, star
 
     def loop(model_k, x, sigmas_dev, extra_args=None, callback=None, disable=None):
         extra_args = dict(extra_args or {})
-        selector = _FrameSelector(guider, n)
+        selector = FrameSelector(guider, n)
         s_in = x.new_ones([x.shape[0]])
 
         def denoise(rows, frames_idx):

@@ -213,3 +213,28 @@ def test_mismatches_are_refused_naming_what_differs(comfy, tiny, nodes, inverted
         _sample(sampler, model, conds, inv, sampler=comfy.samplers.sampler_object(name), **NEUTRAL)
     with pytest.raises(ValueError, match="positive: TokenFlow needs exactly one"):
         sampler.execute(model, conds["edit"] + conds["source"], conds["neg"], inv, **DEFAULTS)
+
+
+def test_instructpix2pix_image_conditioning_follows_the_chunks(comfy, tiny, nodes):
+    """Per-frame image conditioning (InstructPix2PixConditioning's concat latent, one per frame)
+    must reach each chunk's own frames, in the inverter and in the sampler: chunked results
+    equal whole-batch ones, and the whole-batch neutral sampler equals core DDIM exactly."""
+    from harness.fixtures import build_model, tiny_unet_config
+    _, _, conds = tiny
+    inverter, sampler = nodes
+    model = _gaussian_wrapped(build_model(tiny_unet_config(ip2p=True), ip2p=True, seed=6), share=0.3)
+    images = _latent(n=5, seed=9)["samples"]
+
+    def with_image(cond):
+        return [[c, dict(extra, concat_latent_image=images)] for c, extra in cond]
+    ip = {k: with_image(v) for k, v in conds.items()}
+    inv_whole, noised = inverter.execute(model, ip["source"], _latent(), 3, "normal", 1, 16).result
+    inv_chunk, _ = inverter.execute(model, ip["source"], _latent(), 3, "normal", 1, 2).result
+    torch.testing.assert_close(inv_chunk.trajectory, inv_whole.trajectory, atol=1e-5, rtol=1e-5)
+    core = _core_ddim(model, ip["edit"], ip["neg"], 3.0, noised["samples"], inv_whole.sigmas)
+    assert torch.equal(_sample(sampler, model, ip, inv_whole, **NEUTRAL), core)
+    torch.testing.assert_close(_sample(sampler, model, ip, inv_whole, **dict(NEUTRAL, frames_per_chunk=2)), core,
+                               atol=1e-4, rtol=1e-4)
+    whole = _sample(sampler, model, ip, inv_whole)
+    torch.testing.assert_close(_sample(sampler, model, ip, inv_whole, frames_per_chunk=2), whole,
+                               atol=1e-4, rtol=1e-4)
