@@ -125,11 +125,15 @@ class GuidanceScaleEmbedding(nn.Module):
     scale (x SCALE_EMBED_MULT), then Linear-SiLU-Linear; the last Linear starts at zero so the
     untrained student is exactly the teacher."""
 
-    def __init__(self, model_channels: int, time_embed_dim: int):
+    def __init__(self, model_channels: int, time_embed_dim: int, generator: torch.Generator | None = None):
         super().__init__()
         self.model_channels = model_channels
         self.time_embed_dim = time_embed_dim
         self.fc1 = nn.Linear(2 * model_channels, time_embed_dim)
+        if generator is not None:  # nn.Linear's own init, from the run's seed instead of the global RNG
+            nn.init.kaiming_uniform_(self.fc1.weight, a=math.sqrt(5), generator=generator)
+            bound = 1 / math.sqrt(2 * model_channels)
+            nn.init.uniform_(self.fc1.bias, -bound, bound, generator=generator)
         self.act = nn.SiLU()
         self.fc2 = nn.Linear(time_embed_dim, time_embed_dim)
         nn.init.zeros_(self.fc2.weight)
@@ -257,12 +261,13 @@ class GuidanceAdapter(nn.Module):
     (LoRA or full), keyed by the model's weight names ("diffusion_model.x.y.weight")."""
 
     def __init__(self, model_channels: int, time_embed_dim: int, family: dict,
-                 kind: str = "lora", rank: int = 16, s_i_range=S_I_RANGE, s_t_range=S_T_RANGE):
+                 kind: str = "lora", rank: int = 16, s_i_range=S_I_RANGE, s_t_range=S_T_RANGE,
+                 generator: torch.Generator | None = None):
         super().__init__()
         if kind not in ("lora", "full"):
             raise ValueError(f"adapter kind must be 'lora' or 'full', got '{kind}'")
         self.switch = Switch()
-        self.embed = GuidanceScaleEmbedding(model_channels, time_embed_dim)
+        self.embed = GuidanceScaleEmbedding(model_channels, time_embed_dim, generator)
         self.deltas = nn.ModuleDict()
         self.weight_keys: dict[str, str] = {}
         self.family = dict(family)
