@@ -156,9 +156,11 @@ def test_ddp_two_cpu_processes_end_identical(tiny, tmp_path):
            "steps": 4, "batch_size": 2, "learning_rate": 1e-3, "lora_rank": 2, "seed": 1, "checkpoint_every": 2,
            "output_dir": str(tmp_path / "run"), "base": str(tmp_path / "base")}
     (tmp_path / "run.json").write_text(json.dumps(cfg))
+    from harness.embedded import prepare_base_dir
+    prepare_base_dir(tmp_path / "base")  # once, before two processes would race to create it
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(os.path.dirname(os.path.dirname(__file__)))}
-    r = subprocess.run([torchrun, "--nproc_per_node=2", "--master_port=0", "-m", "harness.train",
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "harness.train",
                         str(tmp_path / "run.json")], cwd=os.path.dirname(os.path.dirname(__file__)), env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
