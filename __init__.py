@@ -6,6 +6,8 @@ module import time, so the pure-torch algorithm modules under ``nodes/`` can be 
 and tested without ComfyUI.
 """
 
+WEB_DIRECTORY = "./js"
+
 
 async def comfy_entrypoint():
     from .nodes.registry import VideoEditExtension

@@ -170,3 +170,15 @@ def test_ddp_two_cpu_processes_end_identical(tiny, tmp_path):
     assert any(w0[k].abs().max() > 0 for k in w0 if k.endswith(".up"))
     assert '"world": 2' in r.stdout
     assert (tmp_path / "run" / "loss_curve.png").exists() and (tmp_path / "run" / "adapter.safetensors").exists()
+
+
+def test_loss_chart_extension_is_served(comfy):
+    """WEB_DIRECTORY registers js/ with ComfyUI; the chart listens to the trainer's message."""
+    import nodes
+    from pathlib import Path
+    dirs = [Path(p) for p in nodes.EXTENSION_WEB_DIRS.values()]
+    ours = [d for d in dirs if (d / "videoedit_loss_chart.js").exists()]
+    assert ours, dirs
+    src = (ours[0] / "videoedit_loss_chart.js").read_text()
+    node = comfy.node_classes["VideoEditCFGDistillTrain"]
+    assert sys.modules[node.__module__].MESSAGE in src and "VideoEditCFGDistillTrain" in src
