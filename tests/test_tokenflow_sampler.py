@@ -238,3 +238,28 @@ def test_instructpix2pix_image_conditioning_follows_the_chunks(comfy, tiny, node
     whole = _sample(sampler, model, ip, inv_whole)
     torch.testing.assert_close(_sample(sampler, model, ip, inv_whole, frames_per_chunk=2), whole,
                                atol=1e-4, rtol=1e-4)
+
+
+def test_cancel_stops_within_one_chunk(tiny, nodes, inverted):
+    """ComfyUI's interrupt (the Cancel button) is honoured at the next chunk, not after the run."""
+    import comfy.model_management as mm
+    import comfy.utils
+    _, model, conds = tiny
+    _, sampler = nodes
+    inv, _ = inverted
+    seen = []
+
+    def hook(value, total, preview, node_id=None):
+        seen.append((value, total))
+        if value == 2:
+            mm.interrupt_current_processing(True)
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            _sample(sampler, model, conds, inv, frames_per_chunk=2)
+    finally:
+        mm.interrupt_current_processing(False)
+        comfy.utils.set_progress_bar_global_hook(None)
+    total = seen[0][1]
+    assert total == inv.steps * 3  # 5 frames in chunks of 2, per step
+    assert [v for v, _ in seen] == [1, 2]
