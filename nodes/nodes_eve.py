@@ -117,9 +117,18 @@ def apply_video_adapter(model, adapter: VideoAdapter, anchor: bool):
         pl = layout[prefix]
         per_block.setdefault(_block_path(pl.stage, pl.index), []).append((pl.after, prefix, mod))
     for path, mods in per_block.items():
-        # the block as it is in the model now (another object patch may already hold it)
-        block = m.object_patches[path] if path in m.object_patches else comfy.utils.get_attr(m.model, path)
+        # this patcher's own block: its object patch if it has one, else the original (the live
+        # model may still hold another clone's patched block, whose original is in the backup)
+        if path in m.object_patches:
+            block = m.object_patches[path]
+        elif path in m.object_patches_backup:
+            block = m.object_patches_backup[path]
+        else:
+            block = comfy.utils.get_attr(m.model, path)
         named = [(n, l) for n, l in block.named_children()]
+        if any(n.startswith("eve_") for n, _ in named):
+            raise ValueError("model: it already carries a video adapter; apply one video adapter to the plain "
+                             "backbone (a second one would replace the first's layers)")
         plain = [l for _, l in named]
         # at one position a temporal conv (after a ResBlock) runs before a temporal attention
         inserts = sorted(((_insert_at(plain, after), i, prefix, mod) for i, (after, prefix, mod) in enumerate(mods)),
@@ -315,7 +324,8 @@ class ApplyVideoAdapter(io.ComfyNode):
                          "pair it with core Context Windows for long clips, or use the Adapter Stacker."),
             inputs=[io.Model.Input("model", tooltip=_MODEL_TIP),
                     VideoAdapterType.Input("video_adapter", tooltip=_ADAPTER_TIP),
-                    io.Boolean.Input("anchor_first_frame", default=False, tooltip=_ANCHOR_TIP)],
+                    io.Boolean.Input("anchor_first_frame", default=False, tooltip=_ANCHOR_TIP + (
+                        " Without the stacker's windows, each window's first frame is the one kept."))],
             outputs=[io.Model.Output(tooltip="The backbone with temporal layers.")],
         )
 

@@ -289,3 +289,20 @@ def test_shipped_eve_workflow_in_sliding_windows(comfy_server, object_info, samp
     out.write_bytes(comfy_server.view(**result.videos()[0]))
     frames, _ = read_video(out)
     assert frames.shape == (8, 64, 64, 3) and frames.std() > 0
+
+
+def test_second_video_adapter_is_refused(comfy, parts):
+    apply = comfy.node_classes["VideoEditEVEApplyVideoAdapter"]
+    once = apply.execute(parts["model"], _fresh(comfy, parts), False).result[0]
+    with pytest.raises(ValueError, match="already carries a video adapter"):
+        apply.execute(once, _fresh(comfy, parts), False)
+
+
+def test_stacking_again_after_a_stacked_run_builds_from_the_plain_backbone(comfy, parts):
+    """The live UNet still holds the last stacked clone's blocks after it ran; a new stack must
+    start from the backbone's own blocks (one set of temporal layers, same result)."""
+    images, latent = _images(), _latent()
+    first = _run(comfy, _stack(comfy, parts, _loaded(comfy), images, length=0), latent)
+    again = _stack(comfy, parts, _fresh(comfy, parts), images, length=0)  # built while the first is patched in
+    assert torch.equal(_run(comfy, again, latent), _core(comfy, parts, images, latent))
+    assert not torch.equal(first, _core(comfy, parts, images, latent))
