@@ -215,6 +215,18 @@ class FullDelta(nn.Module):
         return sum(p.numel() * p.element_size() for p in self.parameters())
 
 
+class CloneWeight:
+    """Weight wrapper w -> copy of w: frozen weights loaded in inference mode (ComfyUI loads
+    checkpoints under torch.inference_mode) cannot be saved for backward; a copy made during
+    training can. Values are unchanged."""
+
+    def __call__(self, w: torch.Tensor) -> torch.Tensor:
+        return w.clone() if w.is_inference() else w
+
+    def move_to(self, device=None):
+        return 0
+
+
 def sample_training_draw(batch: int, generator: torch.Generator,
                          s_i_range=S_I_RANGE, s_t_range=S_T_RANGE, num_timesteps: int = NUM_TIMESTEPS):
     """Alg. 1 lines 3-5: t ~ U{0..T-1}, s_I ~ U[s_I range], s_T ~ U[s_T range]."""

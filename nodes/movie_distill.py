@@ -28,6 +28,7 @@ class DistillConfig:
     rank: int = 16
     seed: int = 0
     checkpoint_every: int = 100
+    embed_lr_scale: float = 1.0  # the new (zero-initialised) scale embedding's lr relative to the deltas'
     s_i_range: tuple = movie.S_I_RANGE
     s_t_range: tuple = movie.S_T_RANGE
 
@@ -79,8 +80,16 @@ class Distiller:
                              f"predicts {teacher.model.model_type.name}")
         data.check()
         self.teacher, self.data, self.cfg = teacher, data, cfg
-        self.adapter = adapter or new_adapter(teacher, cfg)
+        with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; these are trained
+            self.adapter = adapter or new_adapter(teacher, cfg)
         self.student = make_student(teacher, self.adapter)
+        covered = {k for k, _ in self.adapter.weight_wrappers()}
+        for n, m in teacher.model.named_modules():  # frozen weights the backward pass needs
+            if n.startswith("diffusion_model.") and hasattr(m, "weight_function"):
+                for attr in ("weight", "bias"):
+                    key = f"{n}.{attr}"
+                    if getattr(m, attr, None) is not None and key not in covered:
+                        self.student.add_weight_wrapper(key, movie.CloneWeight())
         self.patch = movie.GuidanceEmbPatch(self.adapter.embed, self.adapter.switch)
         self.rank, self.world = training.ddp_info()
 
@@ -145,7 +154,10 @@ class Distiller:
                                                            self.data.empty)), self.data.names)
             self._load()
             params = dict(self.adapter.named_parameters())
-            opt = torch.optim.Adam(params.values(), lr=cfg.learning_rate)
+            emb = [p for k, p in params.items() if k.startswith("embed.")]
+            rest = [p for k, p in params.items() if not k.startswith("embed.")]
+            opt = torch.optim.Adam([{"params": rest, "lr": cfg.learning_rate},
+                                    {"params": emb, "lr": cfg.learning_rate * cfg.embed_lr_scale}])
             training.ddp_broadcast_(params.values())
             step, losses = 0, []
             if checkpoint_path and resume and os.path.exists(checkpoint_path):

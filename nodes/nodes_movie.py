@@ -93,6 +93,11 @@ def make_student(model, adapter: movie.GuidanceAdapter):
             f"guidance adapter: trained for another model family ({adapter.family['model']}, "
             + ", ".join(f"{k}={adapter.family.get(k)}" for k in bad) + f") than this model ({fam['model']}, "
             + ", ".join(f"{k}={fam.get(k)}" for k in bad) + "); use the adapter distilled from this teacher")
+    sd_keys = set(model.model.state_dict().keys())
+    missing = [k for k, _ in adapter.weight_wrappers() if k not in sd_keys]
+    if missing:
+        raise ValueError(f"guidance adapter: {len(missing)} of its weights (e.g. {missing[0]}) do not exist in this "
+                         f"model ({fam['model']}); use the adapter distilled from this teacher")
     m = model.clone()
     m.set_model_emb_patch(adapter.emb_patch())
     for key, delta in adapter.weight_wrappers():

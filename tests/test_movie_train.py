@@ -102,8 +102,12 @@ def test_train_node_end_to_end(comfy, tiny, monkeypatch):
     if os.path.exists(ck):
         os.remove(ck)
     try:
-        student, curve, info = node.execute(model, clip, vae, "my frames (data-free)", "make it snowy\nmake it red", "",
-                                            256, 3, 2, 1e-3, "lora", 2, 0, 2, name, True, frames=frames).result
+        with torch.inference_mode():  # as the server loads models and runs nodes: all inference tensors
+            from harness.fixtures import build_model, tiny_unet_config
+            model = build_model(tiny_unet_config(ip2p=True), ip2p=True, seed=3)
+            frames = frames.clone()
+            student, curve, info = node.execute(model, clip, vae, "my frames (data-free)", "make it snowy\nmake it red", "",
+                                                256, 3, 2, 1e-3, "lora", 2, 0, 2, name, True, frames=frames).result
     finally:
         cu.set_progress_bar_global_hook(old)
     assert seen[-1] == (3, 3)
