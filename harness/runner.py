@@ -18,13 +18,16 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 from . import embedded
+from .pack import import_pack
 from .embedded import REPO_ROOT
+
+import_pack()
+from videoedit.nodes.atomic_file import atomic_write_bytes  # noqa: E402
 
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 TAESD_PREFIXES = ("taesd", "taef1")
@@ -96,18 +99,6 @@ def find_workflow(name: str) -> Path:
     raise SystemExit(f"workflow '{name}' not found (a path, or one of: {shipped})")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _progress_printer(prompt: dict):
     start = time.monotonic()
 
@@ -163,7 +154,7 @@ def run_headless(base: Path, workflow: str, video: Path, out: Path, overrides: l
             videos = result.videos()
             if not videos:
                 raise SystemExit(f"workflow {wf_path.name} ran but saved no video (outputs: {result.outputs})")
-            _atomic_write(Path(out), srv.view(**videos[0]))
+            atomic_write_bytes(srv.view(**videos[0]), Path(out))
     finally:
         input_path.unlink(missing_ok=True)
     print(f"wrote {out}", flush=True)

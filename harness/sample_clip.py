@@ -15,13 +15,16 @@ atomically.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .pack import import_pack
+
+import_pack()
+from videoedit.nodes.atomic_file import atomic_path  # noqa: E402
 
 # where the window starts (top-left) when there is room: the astronaut's face and badge
 _PREFERRED_ORIGIN = (140, 60)  # (x, y)
@@ -86,9 +89,7 @@ def write_mp4(frames: torch.Tensor, path, fps: float = 8, crf: int = 12) -> Path
     h, w = arr.shape[1:3]
     if h % 2 or w % 2:
         raise ValueError(f"yuv420p video needs even width and height, got {w}x{h}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".mp4", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         codec = _codec()
         with av.open(tmp, mode="w", format="mp4") as out:
             stream = out.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
@@ -102,10 +103,6 @@ def write_mp4(frames: torch.Tensor, path, fps: float = 8, crf: int = 12) -> Path
                     out.mux(packet)
             for packet in stream.encode():
                 out.mux(packet)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

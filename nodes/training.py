@@ -1,7 +1,6 @@
 """Generic training-loop pieces (pure torch + safetensors + PIL, no ComfyUI import), shared by
 the MoViE trainers (CFG distillation here, the one-step student and the EVE aligner later):
 
-- atomic file writes (temp file in the same folder + os.replace);
 - checkpoints as one safetensors file: trainable tensors, optimizer state, RNG state, loss
   history (no pickle), for exact resume;
 - per-step random generators derived from (seed, step, rank): a resumed run draws exactly the
@@ -13,41 +12,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from typing import Iterable
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-
-# ------------------------------------------------------------------- atomic writes
-
-def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file so that readers see the old file or the whole new one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_bytes(data: bytes, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+from .atomic_file import atomic_save_safetensors, atomic_write_bytes  # noqa: F401  (harness/train.py uses both through this module)
 
 
 def check_output_name(name: str, input_name: str = "output_name") -> str:

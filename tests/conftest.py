@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -18,21 +17,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # for `harness`
 
+from harness.pack import import_pack  # noqa: E402
+
+import_pack()  # the repository as the package `videoedit`
+
 TEST_BASE = Path(os.environ.get("VIDEOEDIT_TEST_BASE", ROOT / ".comfy" / "test-base"))
-
-
-def _import_pack_as_videoedit():
-    if "videoedit" in sys.modules:
-        return sys.modules["videoedit"]
-    spec = importlib.util.spec_from_file_location(
-        "videoedit", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["videoedit"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-_import_pack_as_videoedit()
 
 
 def pytest_configure(config):
