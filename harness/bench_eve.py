@@ -103,7 +103,8 @@ def bench_eve(comfy, repeats: int = 3, size: int = 256, lengths=(16, 64)) -> str
         f"EVE plug-and-play vs core per-frame ControlNet, SD1.5 + ControlNet (+ motion module), {size}x{size}, "
         f"{STEPS} step, cfg {CFG}, median of {repeats} (torch {torch.__version__}, "
         f"{os.environ.get('OMP_NUM_THREADS', torch.get_num_threads())} threads, {platform.machine()})",
-        ["method", "frames", "s/edit", "s/frame", "peak MiB", "MiB/frame", "peak - inputs MiB"], rows)
+        ["method", "frames", "s/edit", "s/frame", "peak RAM over loaded models, MiB", "MiB/frame",
+         "same minus inputs, MiB"], rows)
 
 
 def main() -> None:
