@@ -80,15 +80,20 @@ WEIGHTS = ("Real weights (the shipped names are random test fixtures): models/ch
            "taesd_encoder.safetensors and taesd_decoder.safetensors (madebyollin/taesd).")
 
 
-def common(ckpt_pos=(0, 380)):
-    return [
+def common(ckpt_pos=(0, 380), empty=True, core_encode=False):
+    """core_encode: encode with core VAEEncode + VAELoader("taesd") (same result as TAESD Encode) so
+    that consecutive templates never share a cached sub-graph on the test server."""
+    enc = [(9, "VAELoader", (0, 620), {"vae_name": "taesd"}, {}),
+           (6, "VAEEncode", (600, 0), {}, {"pixels": (2, 0), "vae": (9, 0)})] if core_encode else \
+          [(6, "VideoEditTAESDEncode", (600, 0), {"variant": "taesd", "frames_per_chunk": 16}, {"images": (2, 0)})]
+    nodes = [
         (1, "LoadVideo", (0, 0), {"file": "videoedit_sample.mp4"}, {}),
         (2, "GetVideoComponents", (300, 0), {}, {"video": (1, 0)}),
         (3, "CheckpointLoaderSimple", ckpt_pos, {"ckpt_name": "sd15_ip2p_random.safetensors"}, {}),
         (4, "CLIPTextEncode", (350, 300), {"text": "make it look like a watercolor painting"}, {"clip": (3, 1)}),
         (5, "CLIPTextEncode", (350, 520), {"text": ""}, {"clip": (3, 1)}),
-        (6, "VideoEditTAESDEncode", (600, 0), {"variant": "taesd", "frames_per_chunk": 16}, {"images": (2, 0)}),
     ]
+    return [n for n in nodes if empty or n[0] != 5] + enc
 
 
 def sampling_tail(guider_id, model_id, steps, x=1500):
@@ -105,7 +110,7 @@ def sampling_tail(guider_id, model_id, steps, x=1500):
 
 def main():
     comfy = embedded.boot_in_process(embedded.REPO_ROOT / ".comfy" / "test-base")
-    teacher = common() + [
+    teacher = common(core_encode=True) + [
         (7, "VideoEditCrossFrameAttention", (600, 300), {"anchor": "middle", "anchor_count": 3}, {"model": (3, 0)}),
         (8, "VideoEditIP2PGuider", (1000, 300), {"image_guidance": 1.5, "text_guidance": 7.5},
          {"model": (7, 0), "instruction": (4, 0), "empty_text": (5, 0), "source_latent": (6, 0)}),
@@ -121,11 +126,10 @@ def main():
           "\n\nThe template runs 3 steps so it can be tried on the sample clip; use 10-20 steps for real edits. "
           "Sample all frames in one batch (the anchor is chosen among the frames of the batch).", comfy)
 
-    train = common() + [
-        (9, "VAELoader", (0, 620), {"vae_name": "taesd"}, {}),
+    train = common(empty=False, core_encode=True) + [
         (10, "VideoEditCFGDistillTrain", (600, 300), {
             "data_mode": "my frames (data-free)", "instructions": "make it look like a watercolor painting",
-            "dataset_folder": "", "resolution": 256, "steps": 2, "batch_size": 1, "learning_rate": 1e-5,
+            "dataset_folder": "", "resolution": 256, "steps": 1, "batch_size": 1, "learning_rate": 1e-5,
             "adapter": "lora", "lora_rank": 4, "seed": 0, "checkpoint_every": 1,
             "output_name": "movie_guidance_demo", "resume": False},
          {"model": (3, 0), "clip": (3, 1), "vae": (9, 0), "frames": (2, 0)}),
@@ -143,14 +147,14 @@ def main():
           "or point dataset_folder at (source, instruction, edited) triples. The node shows a live loss chart, "
           "stops at cancel, checkpoints every checkpoint_every steps (output/videoedit_training/<name>) and "
           "resumes exactly; the adapter goes to models/videoedit_guidance/<output_name>.safetensors.\n\n"
-          + WEIGHTS + "\n\nThe template trains 2 steps at the sample clip's size so it runs anywhere; real runs: "
+          + WEIGHTS + "\n\nThe template trains 1 step at the sample clip's size so it runs anywhere; real runs: "
           "500-5000 steps, learning_rate 1e-5, batch as memory allows, 256x256 frames (GPU). For multi-GPU "
           "training use the headless command (python -m harness.train config.json, under torchrun).", comfy)
 
-    distilled = common() + [
-        (9, "VideoEditLoadGuidanceAdapter", (0, 620), {"adapter_name": "movie_guidance_random.safetensors"},
+    distilled = common(empty=False) + [
+        (10, "VideoEditLoadGuidanceAdapter", (0, 800), {"adapter_name": "movie_guidance_random.safetensors"},
          {"model": (3, 0)}),
-        (7, "VideoEditCrossFrameAttention", (600, 300), {"anchor": "middle", "anchor_count": 3}, {"model": (9, 0)}),
+        (7, "VideoEditCrossFrameAttention", (600, 300), {"anchor": "middle", "anchor_count": 3}, {"model": (10, 0)}),
         (8, "VideoEditCFGDistilledGuider", (1000, 300), {"image_guidance": 1.5, "text_guidance": 7.5},
          {"model": (7, 0), "instruction": (4, 0), "source_latent": (6, 0)}),
         *sampling_tail(8, 7, 3),
