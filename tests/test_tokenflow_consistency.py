@@ -1,0 +1,67 @@
+"""TokenFlow's point: on the sample clip (a real photo panned by known shifts), the edit with
+TokenFlow has a lower warp error under the known motion than per-frame editing with the same
+inversion and prompt (paper, Table 1: 3.0 vs 11.3 x 1e-3).
+
+A random UNet's self-attention is nearly uniform and its features carry no correspondences,
+so the comparison runs on the small *trained* toy model (harness.tokenflow_toy: the tiny
+SD1.5-shaped UNet trained on scikit-image photos and textures; the "edit" is its texture
+prompt applied to the photo clip). The latent stand-in is shift-equivariant for the clip's
+8-pixel steps, so the known motion is exactly one latent pixel per frame in x and y.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+SIZE, FRAMES, SHIFT = 256, 8, (8, 8)
+
+
+def warp_error(x: torch.Tensor) -> float:
+    """Mean squared difference between each frame and the previous one moved by the known
+    motion (content moves by -1 latent pixel in x and y per frame), over their overlap."""
+    return float((x[1:, :, :-1, :-1] - x[:-1, :, 1:, 1:]).pow(2).mean())
+
+
+@pytest.fixture(scope="module")
+def setup(comfy):
+    from harness.sample_clip import panned_frames
+    from harness.tokenflow_toy import contexts, image_latents, toy_model
+    frames, offsets = panned_frames(FRAMES, SIZE, shift=SHIFT)
+    assert offsets[1].tolist() == list(SHIFT)
+    latent = image_latents(frames)
+    photo, texture = contexts()
+    model = toy_model()
+    nc = comfy.node_classes
+    with torch.inference_mode():
+        inv, _ = nc["VideoEditTokenFlowDDIMInverter"].execute(model, [[photo, {}]], {"samples": latent}, 10,
+                                                              "ddim_uniform", 1, 16).result
+    return model, inv, latent, [[texture, {}]], [[photo, {}]], nc["VideoEditTokenFlowKeyframeSampler"]
+
+
+def _edit(setup, **kw):
+    model, inv, _, pos, neg, sampler = setup
+    args = dict(cfg=1.0, keyframe_interval=4, keyframes="random", seed=0, propagation=True, extended_attention=True,
+                pnp_f_t=0.8, pnp_attn_t=0.5, denoise=1.0, frames_per_chunk=16)
+    args.update(kw)
+    with torch.inference_mode():
+        return sampler.execute(model, pos, neg, inv, **args).result[0]["samples"]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason=(
+    "not reached on the toy model yet: measured warp error TokenFlow 0.21 vs per-frame 0.12 (cfg 1), 1.12 vs "
+    "0.85 (cfg 2); its NN fields match the known motion for only 60-79% of tokens, and the propagated "
+    "mismatches cost more than per-frame editing's aliasing. Needs a real model (SD 2.1 base) to confirm."))
+def test_tokenflow_is_more_consistent_than_per_frame_editing(setup, capsys):
+    _, _, latent, *_ = setup
+    assert warp_error(latent) < 1e-10  # the stand-in latent moves exactly with the clip
+    tokenflow = _edit(setup)
+    per_frame = _edit(setup, propagation=False, extended_attention=False)
+    e_tf, e_pf = warp_error(tokenflow), warp_error(per_frame)
+    change = float((per_frame - latent).pow(2).mean())
+    with capsys.disabled():
+        print(f"\n[TokenFlow consistency, sample clip {SIZE}px x {FRAMES}, toy model] warp error: TokenFlow "
+              f"{e_tf * 1e3:.2f}e-3, per-frame {e_pf * 1e3:.2f}e-3, ratio {e_pf / e_tf:.2f}x "
+              f"(edit strength: mean sq. change {change:.3f})")
+    assert change > 10 * e_tf  # a real edit, not the source passed through
+    assert e_tf < e_pf
