@@ -63,6 +63,8 @@ def bench_taesd(comfy, size: int = 256, frames: int = 8, repeats: int = 3) -> st
 BENCHES = {"taesd": bench_taesd}
 from .bench_eve import bench_eve  # noqa: E402  (EVE plug-and-play: one worker process per size)
 BENCHES["eve"] = bench_eve
+from .bench_tokenflow import bench_tokenflow  # noqa: E402  (TokenFlow: FLOPs, round trip, time, RAM workers)
+BENCHES["tokenflow"] = bench_tokenflow
 from .bench_movie import bench_movie  # noqa: E402  (MoViE fast path vs core IP2P)
 BENCHES["movie"] = bench_movie
 

@@ -1,0 +1,259 @@
+"""Benchmark: TokenFlow (DDIM Inverter + Keyframe Sampler) — FLOPs per frame vs the official
+defaults, reconstruction error of both inversion schemes, wall time per frame against per-frame
+editing with core nodes, and peak RAM at 16 / 64 / 240 frames.
+
+- FLOPs per frame at 512x512 on the full-size SD1.5 architecture: one UNet call is counted
+  (``measure.count_flops``, CPU attention included) and multiplied by the UNet calls per frame
+  of each scheme, the same way for both. Official defaults: inversion 500 steps (guidance 1,
+  one call each), edit 50 steps x (source + uncond + cond) x (1 + 1/8 keyframe pass). Ours:
+  inversion ``steps x (1 + refine_iters)``, edit ``steps x 3 x (1 + 1/interval)``.
+- Reconstruction error (invert, then sample back with the source prompt, guidance 1) on the
+  sample clip at 256x256 with the small *trained* toy model (``harness.tokenflow_toy``; a
+  random UNet has no stable inversion): the official scheme (plain DDIM inversion on a 10x finer
+  grid, ~500 steps, sampled back in 50) vs ours (few steps + fixed-point refinement).
+- Wall time per frame at ``size`` (one run each, same process, same inversion): the Keyframe
+  Sampler vs core KSamplerAdvanced (ddim, no added noise) on the inverted latent, per-frame.
+- Peak RAM: one worker process per frame count (the RSS high-water mark only rises). After the
+  model is loaded and a 1-frame warm-up ran, the latents and an inversion store are allocated,
+  the high-water mark is reset, and one sampling step runs: the keyframe pass over all
+  keyframes and ``chunks`` chunk passes (then it is cancelled through ComfyUI's own interrupt,
+  from the progress hook: later chunks are the same computation on other frames, so the peak
+  is reached). Reported: peak above the RSS at the reset.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+
+import torch
+
+from .embedded import REPO_ROOT
+from .measure import count_flops, fmt_flops, print_table
+
+OFFICIAL = {"inv_steps": 500, "steps": 50, "interval": 8}
+OURS = {"steps": 20, "refine_iters": 2, "interval": 8}  # the nodes' defaults
+
+
+def _vm(field: str) -> int:
+    return int(re.search(rf"{field}:\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _load_sd15(comfy):
+    from . import fixtures
+    from .bench import BENCH_BASE
+    fixtures._link(fixtures.sd15_checkpoint(), BENCH_BASE / "models" / "checkpoints")
+    model, clip, vae = comfy.node_classes["CheckpointLoaderSimple"]().load_checkpoint(fixtures.sd15_checkpoint().name)[:3]
+    return model, clip, vae
+
+
+def edit_calls(steps: int, interval: int, parts: int = 3) -> float:
+    """UNet calls per frame of a TokenFlow edit: every frame once, keyframes once more."""
+    return steps * parts * (1 + 1 / interval)
+
+
+def flops_rows(comfy, size: int = 512) -> tuple[list[list[str]], dict]:
+    model, clip, _ = _load_sd15(comfy)
+    ctx = comfy.node_classes["CLIPTextEncode"]().encode(clip, "a photo")[0][0][0]
+    bm = model.model
+    x = torch.randn(1, 4, size // 8, size // 8)
+    with torch.inference_mode():
+        f_call, _ = count_flops(lambda: bm.apply_model(x, torch.tensor([1.0]), c_crossattn=ctx))
+    off_inv, off_edit = OFFICIAL["inv_steps"] * f_call, edit_calls(OFFICIAL["steps"], OFFICIAL["interval"]) * f_call
+    our_inv = OURS["steps"] * (1 + OURS["refine_iters"]) * f_call
+    our_edit = edit_calls(OURS["steps"], OURS["interval"]) * f_call
+    rows = [["official (500-step inversion, 50-step edit)", fmt_flops(off_inv), fmt_flops(off_edit),
+             fmt_flops(off_inv + off_edit), "1.0x"],
+            [f"ours ({OURS['steps']} steps, refine {OURS['refine_iters']}, interval {OURS['interval']})",
+             fmt_flops(our_inv), fmt_flops(our_edit), fmt_flops(our_inv + our_edit),
+             f"{(off_inv + off_edit) / (our_inv + our_edit):.1f}x fewer"],
+            ["ours, a second prompt on the same inversion", "0", fmt_flops(our_edit), fmt_flops(our_edit),
+             f"{(off_inv + off_edit) / our_edit:.1f}x fewer"]]
+    return rows, {"unet_call": f_call}
+
+
+def _tf_math():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("videoedit_tokenflow_math", REPO_ROOT / "nodes" / "tokenflow.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def reconstruction_rows(size: int = 256, frames: int = 8) -> tuple[list[list[str]], dict]:
+    import comfy.samplers
+
+    from .sample_clip import panned_frames
+    from .tokenflow_toy import contexts, image_latents, toy_model
+    tf = _tf_math()
+    model = toy_model()
+    bm = model.model
+    ms = bm.model_sampling
+    clip, _ = panned_frames(frames, size, shift=(8, 8))
+    x0 = image_latents(clip)
+    ctx = contexts()[0].expand(frames, -1, -1)
+
+    def eps(x, sigma):
+        s = torch.full((x.shape[0],), float(sigma))
+        return (x - bm.apply_model(x, s, c_crossattn=ctx)) / float(sigma)
+
+    def rel(a):
+        return float((a - x0).norm() / x0.norm())
+
+    res = {}
+    with torch.inference_mode():
+        s50 = comfy.samplers.calculate_sigmas(ms, "ddim_uniform", OFFICIAL["steps"]).double()
+        # the official inversion grid: 10 inversion steps per sampling step (500 in all)
+        fine = [float(s50[i] * (s50[i + 1] / s50[i]) ** (j / 10)) if s50[i + 1] > 0 else
+                float(s50[i] * (1 - j / 10)) for i in range(len(s50) - 1) for j in range(10)] + [0.0]
+        traj = tf.ddim_invert(eps, x0, torch.tensor(fine), 0)
+        res["official"] = rel(tf.ddim_sample(eps, traj[0], s50))
+        res["official_calls"] = len(fine) - 1
+        ours = comfy.samplers.calculate_sigmas(ms, "ddim_uniform", OURS["steps"]).double()
+        t0 = tf.ddim_invert(eps, x0, ours, OURS["refine_iters"])
+        res["ours"] = rel(tf.ddim_sample(eps, t0[0], ours))
+        res["ours_steps"] = len(ours) - 1
+        plain = tf.ddim_invert(eps, x0, ours, 0)
+        res["ours_plain"] = rel(tf.ddim_sample(eps, plain[0], ours))
+    rows = [[f"official: plain DDIM inversion, {res['official_calls']} steps, sampled back in {len(s50) - 1}",
+             f"{res['official']:.2e}"],
+            [f"ours: {res['ours_steps']} steps + {OURS['refine_iters']} fixed-point iterations", f"{res['ours']:.2e}"],
+            [f"(ours without refinement, {res['ours_steps']} steps)", f"{res['ours_plain']:.2e}"]]
+    return rows, res
+
+
+# ---------------------------------------------------------------------------- workers
+
+def _worker(job: str, frames: int, size: int, steps: int, chunks: int, fpc: int) -> dict:
+    from .bench import BENCH_BASE
+    from .embedded import boot_in_process, use_comfy
+    use_comfy(BENCH_BASE)
+    comfy_h = boot_in_process(BENCH_BASE)
+    import comfy.model_management as mm
+    import comfy.utils
+    nc = comfy_h.node_classes
+    model, clip, _ = _load_sd15(comfy_h)
+    enc = nc["CLIPTextEncode"]()
+    src, pos, neg = (enc.encode(clip, t)[0] for t in ("a photo of a man", "a marble statue", "blurry"))
+    inverter, sampler = nc["VideoEditTokenFlowDDIMInverter"], nc["VideoEditTokenFlowKeyframeSampler"]
+    g = torch.Generator().manual_seed(0)
+    lat = size // 8
+    out = {"job": job, "frames": frames, "size": size}
+
+    def sample(inv, n_fpc):
+        return sampler.execute(model, pos, neg, inv, 7.5, 8, "random", 0, True, True, 0.8, 0.5, 1.0, n_fpc).result[0]
+
+    with torch.inference_mode():
+        if job == "time":
+            latent = {"samples": torch.randn(frames, 4, lat, lat, generator=g)}
+            t = time.perf_counter()
+            inv, noised = inverter.execute(model, src, latent, steps, "ddim_uniform", OURS["refine_iters"], fpc).result
+            out["invert_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            sample(inv, fpc)
+            out["tokenflow_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            nc["KSamplerAdvanced"]().sample(model, "disable", 0, steps, 7.5, "ddim", "ddim_uniform", pos, neg,
+                                            noised, 0, 10000, "disable", denoise=1.0)
+            out["core_s"] = time.perf_counter() - t
+            out["steps"] = inv.steps
+            return out
+        # memory: warm-up on 1 frame, then one step on `frames` frames, cancelled after the
+        # keyframe pass and `chunks` chunks
+        one = {"samples": torch.randn(1, 4, lat, lat, generator=g)}
+        inv1, _ = inverter.execute(model, src, one, 1, "ddim_uniform", 0, 1).result
+        sample(inv1, 1)
+        traj = torch.randn(inv1.trajectory.shape[0], frames, 4, lat, lat, generator=g)  # the inversion store
+        inv = type(inv1)(traj, inv1.sigmas, inv1.fingerprint, 0, inv1.scheduler, inv1.model_id, inv1.source_context)
+        store = traj.numel() * 4
+        base = _vm("VmRSS")
+        _reset_peak()
+        seen = {"n": 0}
+
+        def hook(value, total, preview, node_id=None):
+            seen["n"] = value
+            if value >= chunks:
+                mm.interrupt_current_processing(True)
+        comfy.utils.set_progress_bar_global_hook(hook)
+        t = time.perf_counter()
+        try:
+            sample(inv, fpc)
+        except mm.InterruptProcessingException:
+            pass
+        finally:
+            mm.interrupt_current_processing(False)
+            comfy.utils.set_progress_bar_global_hook(None)
+        out.update(seconds=time.perf_counter() - t, extra_bytes=_vm("VmHWM") - base, store_bytes=store,
+                   chunks_run=seen["n"], cancelled_after=seen["n"])
+        return out
+
+
+def _run_worker(job: str, frames: int, size: int, steps: int = 1, chunks: int = 2, fpc: int = 16) -> dict:
+    cmd = [sys.executable, "-m", "harness.bench_tokenflow", "--worker", job, "--frames", str(frames), "--size", str(size),
+           "--steps", str(steps), "--chunks", str(chunks), "--fpc", str(fpc)]
+    out = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, env=os.environ.copy())
+    if out.returncode != 0:
+        raise RuntimeError(f"bench worker {job}/{frames} failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_tokenflow(comfy, repeats: int = 1, size: int = 256, time_frames: int = 8, time_steps: int = 2,
+                    lengths=(16, 64, 240), mem_size: int | None = None, fpc: int = 16) -> str:
+    """FLOPs/frame (512^2), reconstruction error, wall time/frame and peak RAM; one table each."""
+    threads = f"{os.environ.get('OMP_NUM_THREADS', torch.get_num_threads())} threads, {platform.machine()}"
+    tables = []
+    rows, info = flops_rows(comfy)
+    tables.append(print_table(
+        f"TokenFlow FLOPs per frame, SD1.5 architecture at 512x512 (one UNet call = {fmt_flops(info['unet_call'])}, "
+        "x UNet calls per frame)", ["scheme", "inversion", "edit", "total", "vs official"], rows))
+    rows, rec = reconstruction_rows()
+    tables.append(print_table("Inversion round trip on the sample clip (256x256, 8 frames), trained toy model, "
+                              "relative error", ["scheme", "rel. error"], rows))
+    t = _run_worker("time", time_frames, size, steps=time_steps, fpc=fpc)
+    n = time_frames
+    tables.append(print_table(
+        f"Wall time per frame, full-size random SD1.5, {size}x{size}, {n} frames, {t['steps']} steps, cfg 7.5 ({threads})",
+        ["run", "s/frame"],
+        [["DDIM Inverter (once per clip)", f"{t['invert_s'] / n:.2f}"],
+         ["TokenFlow Keyframe Sampler (PnP, propagation, extended attention)", f"{t['tokenflow_s'] / n:.2f}"],
+         ["core KSamplerAdvanced ddim, per-frame, same inverted latent", f"{t['core_s'] / n:.2f}"],
+         ["ratio TokenFlow / core", f"{t['tokenflow_s'] / t['core_s']:.2f}x"]]))
+    msize = mem_size or size
+    mem = {k: _run_worker("memory", k, msize, fpc=fpc) for k in lengths}
+    mib = 1 / 2**20
+    rows = [[k, f"{m['extra_bytes'] * mib:.0f}", f"{m['store_bytes'] * mib:.0f}", m["chunks_run"]] for k, m in mem.items()]
+    lo, hi = lengths[0], lengths[-1]
+    ratio = mem[hi]["extra_bytes"] / max(1, mem[lo]["extra_bytes"])
+    rows.append([f"{hi} vs {lo} frames", f"{ratio:.2f}x (bar 1.25x)", "", ""])
+    tables.append(print_table(
+        f"Peak RAM of one Keyframe Sampler step above model + latents + inversion store, {msize}x{msize}, "
+        f"frames_per_chunk {fpc} ({threads})", ["frames", "peak extra MiB", "inversion store MiB", "chunks run"], rows))
+    return "\n".join(tables)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--worker", choices=["time", "memory"])
+    ap.add_argument("--frames", type=int, default=16)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--chunks", type=int, default=2)
+    ap.add_argument("--fpc", type=int, default=16)
+    a = ap.parse_args()
+    if a.worker:
+        print(json.dumps(_worker(a.worker, a.frames, a.size, a.steps, a.chunks, a.fpc)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
