@@ -82,7 +82,7 @@ class Distiller:
         self.teacher, self.data, self.cfg = teacher, data, cfg
         with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; these are trained
             self.adapter = adapter or new_adapter(teacher, cfg)
-        self.student = make_student(teacher, self.adapter)
+        self.student = make_student(teacher, self.adapter, train=True)
         covered = {k for k, _ in self.adapter.weight_wrappers()}
         for n, m in teacher.model.named_modules():  # frozen weights the backward pass needs
             if n.startswith("diffusion_model.") and hasattr(m, "weight_function"):

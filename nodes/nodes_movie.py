@@ -83,8 +83,10 @@ def student_patch(model):
     return None
 
 
-def make_student(model, adapter: movie.GuidanceAdapter):
-    """model.clone() + the adapter's scale embedding (emb patch) and weight deltas (wrappers)."""
+def make_student(model, adapter: movie.GuidanceAdapter, train: bool = False):
+    """model.clone() + the adapter's scale embedding (emb patch) and weight deltas: for sampling,
+    merged into the weights once at load (core LoRA/diff patches, add_patches); for training,
+    as trainable weight wrappers (add_weight_wrapper)."""
     require_ip2p(model, "model")
     fam = model_family(model)
     bad = movie.family_mismatch(adapter.family, fam)
@@ -100,8 +102,19 @@ def make_student(model, adapter: movie.GuidanceAdapter):
                          f"model ({fam['model']}); use the adapter distilled from this teacher")
     m = model.clone()
     m.set_model_emb_patch(adapter.emb_patch())
-    for key, delta in adapter.weight_wrappers():
-        m.add_weight_wrapper(key, delta)
+    if train:
+        for key, delta in adapter.weight_wrappers():
+            m.add_weight_wrapper(key, delta)
+    else:
+        from comfy.weight_adapter.lora import LoRAAdapter
+        patches = {}
+        for key, delta in adapter.weight_wrappers():
+            if isinstance(getattr(delta, "diff", None), torch.Tensor):
+                patches[key] = (delta.diff.detach().float().clone(),)
+            else:
+                patches[key] = LoRAAdapter(set(), (delta.up.detach().float().clone(), delta.down.detach().float().clone(),
+                                                   float(delta.alpha), None, None, None))
+        m.add_patches(patches, 1.0)
     m.videoedit_adapter = adapter  # plain attribute on our own clone (for saving / ranges)
     return m
 
