@@ -179,11 +179,11 @@ class DDIMInverter(io.ComfyNode):
                                                           "inversion prompt; an empty prompt works)."),
                 io.Latent.Input("latent", tooltip="The source video's latents, one per frame (VAE Encode or "
                                                   "TAESD Encode of the frames)."),
-                io.Int.Input("steps", default=50, min=1, max=1000,
+                io.Int.Input("steps", default=20, min=1, max=1000,
                              tooltip="Sampling steps; the TokenFlow sampler uses the same steps and sigmas."),
                 io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default="ddim_uniform",
                                tooltip="Sigma schedule (ddim_uniform matches the reference DDIM timesteps)."),
-                io.Int.Input("refine_iters", default=3, min=0, max=20,
+                io.Int.Input("refine_iters", default=2, min=0, max=20,
                              tooltip="Fixed-point iterations per step (each one extra model call); 0 is plain "
                                      "DDIM inversion. 2-5 make the round trip near exact with few steps."),
                 io.Int.Input("frames_per_chunk", default=16, min=1, max=4096,
