@@ -28,6 +28,7 @@ from comfy.ldm.modules.attention import SpatialTransformer
 from comfy_api.v0_0_2 import io
 
 from . import eve
+from .atomic_file import atomic_path
 from .temporal_adapter import (TemporalAttentionBlock, TemporalConvBlock, VideoAdapter, adapter_from_state_dict,
                                check_adapter, fresh_adapter, unet_layout)
 
@@ -310,8 +311,8 @@ class SaveVideoAdapter(io.ComfyNode):
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, name if name.endswith(".safetensors") else name + ".safetensors")
         sd = {k: v.detach().float().contiguous().cpu() for k, v in video_adapter.adapter_state_dict().items()}
-        save_file(sd, path + ".tmp")
-        os.replace(path + ".tmp", path)
+        with atomic_path(path) as tmp:  # the pack's one atomic write
+            save_file(sd, str(tmp))
         return io.NodeOutput()
 
 
