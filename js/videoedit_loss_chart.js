@@ -5,13 +5,13 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const EVENT = "videoedit.training";
-const TRAINERS = new Set(["VideoEditCFGDistillTrain"]); // training nodes of the pack
+const TRAINERS = new Set(["VideoEditCFGDistillTrain", "VideoEditEVELoRAAligner"]); // training nodes of the pack
+TRAINERS.add("VideoEditOneStepDistillTrain"); // MoViE one-step student (Stage 4)
 const CHART_H = 120;
+const CHART_WIDGET = "videoedit_loss_chart";
 const charts = new Map(); // node id (string) -> {losses: number[], total: number}
 
-function drawLossChart(ctx, node, st) {
-  const w = node.size[0], h = node.size[1];
-  const x0 = 8, y0 = h - CHART_H - 6, cw = w - 16, ch = CHART_H;
+function drawLossChart(ctx, x0, y0, cw, ch, st) {
   ctx.save();
   ctx.fillStyle = "#18181c";
   ctx.fillRect(x0, y0, cw, ch);
@@ -21,8 +21,8 @@ function drawLossChart(ctx, node, st) {
   const last = vals.length ? vals[vals.length - 1] : NaN;
   ctx.fillStyle = "#ddd";
   ctx.font = "11px sans-serif";
-  ctx.fillText(`loss ${Number.isFinite(last) ? last.toPrecision(4) : "-"}  step ${st.losses.length}/${st.total || "?"}`,
-               x0 + 4, y0 + 12);
+  ctx.fillText(vals.length ? `loss ${last.toPrecision(4)}  step ${st.losses.length}/${st.total || "?"}`
+                           : "loss chart: run the workflow", x0 + 4, y0 + 12);
   if (vals.length) {
     const lo = Math.min(...vals), hi = Math.max(...vals), span = hi > lo ? hi - lo : 1e-12;
     const n = Math.max(st.total || st.losses.length, 2) - 1;
@@ -53,13 +53,26 @@ function onMessage({ detail }) {
   if (typeof detail.loss === "number" && detail.step >= 1) st.losses[detail.step - 1] = detail.loss;
   if (detail.total) st.total = detail.total;
   const node = app.graph?.getNodeById(Number(id)) ?? app.graph?.getNodeById(id);
-  if (node) {
-    if (!node.__videoeditChart) { // make room for the chart once
-      node.__videoeditChart = true;
-      node.setSize([Math.max(node.size[0], 260), node.size[1] + CHART_H + 12]);
-    }
-    node.setDirtyCanvas(true, true);
-  }
+  node?.setDirtyCanvas(true, true);
+}
+
+// The chart is a canvas widget of its own (after the node's inputs), so the frontend lays it out
+// like any widget: a multiline text box cannot grow over it, and it never reaches the prompt or
+// the saved widget values (serialize: false).
+function chartWidget(node) {
+  return {
+    name: CHART_WIDGET,
+    type: "videoedit.loss_chart",
+    value: null,
+    serialize: false,
+    options: { serialize: false },
+    computeSize: (width) => [width, CHART_H + 8],
+    draw(ctx, n, width, y) {
+      const st = charts.get(String(n.id)) ?? { losses: [], total: 0 };
+      drawLossChart(ctx, 10, y + 4, width - 20, CHART_H, st);
+      n.__videoeditChartDrawn = st.losses.length; // what the last frame showed (browser test)
+    },
+  };
 }
 
 app.registerExtension({
@@ -69,15 +82,16 @@ app.registerExtension({
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!TRAINERS.has(nodeData.name)) return;
-    const onDrawForeground = nodeType.prototype.onDrawForeground;
-    nodeType.prototype.onDrawForeground = function (ctx) {
-      const r = onDrawForeground?.apply(this, arguments);
-      const st = charts.get(String(this.id));
-      if (st && st.losses.length && !this.flags?.collapsed) drawLossChart(ctx, this, st);
+    const onNodeCreated = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function () {
+      const r = onNodeCreated?.apply(this, arguments);
+      this.addCustomWidget(chartWidget(this));
+      const size = this.computeSize();
+      this.setSize([Math.max(this.size[0], size[0], 280), Math.max(this.size[1], size[1])]);
       return r;
     };
   },
 });
 
 // For the browser test and other extensions: the charts and the event name.
-window.VideoEditLossChart = { EVENT, TRAINERS, charts, onMessage };
+window.VideoEditLossChart = { EVENT, TRAINERS, CHART_WIDGET, charts, onMessage };

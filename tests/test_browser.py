@@ -95,3 +95,52 @@ def test_workflow_loads_intact_in_canvas(page, path, object_info):
         return {k: v for k, v in node["inputs"].items() if k in known}
     assert {k: (v["class_type"], backend_inputs(v)) for k, v in canvas.items()} == \
            {k: (v["class_type"], v["inputs"]) for k, v in ours.items()}
+
+
+def _wait_queue_empty(server, timeout: float = 600) -> None:
+    import time
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        q = server.get_json("/queue")
+        if not q["queue_running"] and not q["queue_pending"]:
+            return
+        time.sleep(1)
+    raise TimeoutError("the queued training workflow did not finish")
+
+
+def test_loss_chart_draws_a_real_training_run(page, comfy_server, sample_clip):
+    """js/videoedit_loss_chart.js end to end: the canvas queues the shipped training workflow,
+    the server's per-step videoedit.training messages reach the extension over the websocket,
+    and the chart widget on the trainer node holds one finite loss per step and draws them all."""
+    steps = 3
+    path = ROOT / "workflows" / "movie_cfg_distill_train.json"
+    wf = json.loads(path.read_text())
+    trainer = next(n["id"] for n in wf["nodes"] if n["type"] == "VideoEditCFGDistillTrain")
+    page.evaluate("async (wf) => { await window.app.loadGraphData(wf, true, true, null); }", wf)
+    page.keyboard.press("Escape")
+    assert page.evaluate("() => [...window.VideoEditLossChart.TRAINERS]") and \
+        "VideoEditCFGDistillTrain" in page.evaluate("() => [...window.VideoEditLossChart.TRAINERS]")
+    page.evaluate("""([id, steps]) => {
+        const n = window.app.graph.getNodeById(id);
+        const set = (name, v) => { const w = n.widgets.find(w => w.name === name); w.value = v; };
+        set('steps', steps); set('resume', false); set('output_name', 'browser_chart_' + Date.now()); }""",
+                  [trainer, steps])
+    page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+    try:
+        page.wait_for_function(
+            "([id, steps]) => (window.VideoEditLossChart.charts.get(String(id))?.losses.length ?? 0) >= steps",
+            arg=[trainer, steps], timeout=600_000)
+    finally:
+        _wait_queue_empty(comfy_server)
+    st = page.evaluate("""(id) => { const s = window.VideoEditLossChart.charts.get(String(id));
+        const n = window.app.graph.getNodeById(id);
+        return {losses: s.losses, total: s.total, widgets: n.widgets.map(w => w.name)}; }""", trainer)
+    assert st["total"] == steps
+    assert len(st["losses"]) == steps and all(isinstance(v, (int, float)) and v == v and v >= 0 for v in st["losses"])
+    assert st["widgets"][-1] == "videoedit_loss_chart", st["widgets"]
+    page.evaluate("() => window.app.canvas.setDirty(true, true)")
+    page.wait_for_function("([id, steps]) => window.app.graph.getNodeById(id).__videoeditChartDrawn === steps",
+                           arg=[trainer, steps], timeout=10_000)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "loss_chart_live.png"))
+    assert not page.page_errors, f"page errors: {page.page_errors}"
