@@ -1,0 +1,188 @@
+"""Benchmark: EVE LoRA alignment (FDD) iterations.
+
+1. Seconds per alignment iteration and peak RAM on the tiny random stack (tiny SD-shaped UNet +
+   ControlNet + motion module, 32x32 pixels, 3 frames, k = 3) on this CPU, SDS-only iterations and
+   adversarial ones apart; a worker process resets the RSS high-water mark after the first
+   iteration and reports the peak above the RSS it had then.
+2. FLOPs of one alignment iteration on the full-size architecture (random SD1.5 + SD1.5 ControlNet
+   + AnimateDiff v2 motion module) at 256x256, 8 frames, k = 3, teacher_steps = 8, split into
+   student generation (k checkpointed steps), teacher SDS passes, discriminators (feature network +
+   heads), the teachers' DDIM "real" samples, and backward (with the checkpoint recomputation);
+   torch's FlopCounterMode with CPU attention counted (harness/measure.py).
+
+``python -m harness.bench_eve_align --worker tiny|flops`` runs one part alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import torch
+
+from .bench_eve import _reset_peak, _vm
+from .embedded import REPO_ROOT
+from .measure import count_flops, fmt_flops, print_table
+
+
+def _pack(name):
+    from .train_eve_align import _pack as p
+    return p(name)
+
+
+def _tiny_worker(steps: int) -> dict:
+    from .bench import BENCH_BASE
+    from .embedded import boot_in_process, use_comfy
+    from .fixtures import build_clip, build_model, tiny_controlnet, tiny_motion_module_sd, tiny_unet_config
+    use_comfy(BENCH_BASE)
+    boot_in_process(BENCH_BASE)
+    et, ne, ta = _pack("eve_align_train"), _pack("nodes_eve"), _pack("temporal_adapter")
+    with torch.inference_mode():
+        model = build_model(tiny_unet_config(), seed=3)
+        clip = build_clip(tiny=True)
+        video = ne.apply_video_adapter(model, ta.adapter_from_state_dict(tiny_motion_module_sd(), "tiny"), True)
+        enc = lambda t: clip.encode_from_tokens_scheduled(clip.tokenize(t))[0][0]
+        g = torch.Generator().manual_seed(0)
+        data = et.AlignData(torch.randn(1, 3, 4, 4, 4, generator=g), torch.rand(1, 3, 32, 32, 3, generator=g),
+                            enc("make it winter"), enc("a snowy street"), enc(""), ["clip"])
+    cfg = et.AlignConfig(steps=steps, learning_rate=1e-5, rank=16, k=3, teacher_steps=8, sds_fraction=0.5,
+                         checkpoint_every=0)
+    a = et.Aligner(model, tiny_controlnet(tiny_unet_config()), video, data, cfg)
+    stamps, base = [time.perf_counter()], {}
+
+    def on_step(step, loss):
+        stamps.append(time.perf_counter())
+        if step == 1:  # after the first (warm-up) iteration: models loaded, heads built
+            base["rss"] = _vm("VmRSS")
+            _reset_peak()
+
+    a.run(on_step=on_step)
+    adv = et.eve_align.adversarial_from(steps, cfg.sds_fraction)
+    dts = [b - a_ for a_, b in zip(stamps, stamps[1:])]
+    sds = [d for i, d in enumerate(dts, 1) if 1 < i < adv]
+    advs = [d for i, d in enumerate(dts, 1) if i >= adv]
+    return {"sds_s": sorted(sds)[len(sds) // 2], "adv_s": sorted(advs)[len(advs) // 2],
+            "extra_bytes": _vm("VmHWM") - base["rss"], "rss": base["rss"], "steps": steps}
+
+
+def _flops_worker(frames: int = 8, size: int = 256) -> dict:
+    from . import fixtures
+    from .bench import BENCH_BASE
+    from .embedded import boot_in_process, use_comfy
+    use_comfy(BENCH_BASE)
+    models = BENCH_BASE / "models"
+    fixtures._link(fixtures.sd15_checkpoint(), models / "checkpoints")
+    fixtures._link(fixtures.sd15_controlnet(), models / "controlnet")
+    fixtures._link(fixtures.animatediff_motion_module("v2"), models / "animatediff_models")
+    comfy = boot_in_process(BENCH_BASE)
+    nc = comfy.node_classes
+    et, ea = _pack("eve_align_train"), _pack("eve_align")
+    dist = _pack("distillation")
+    with torch.inference_mode():
+        model, clip, _ = nc["CheckpointLoaderSimple"]().load_checkpoint(fixtures.sd15_checkpoint().name)[:3]
+        cnet = nc["ControlNetLoader"]().load_controlnet(fixtures.sd15_controlnet().name)[0]
+        adapter = nc["VideoEditEVELoadVideoAdapter"].execute(fixtures.animatediff_motion_module("v2").name).result[0]
+        video = nc["VideoEditEVEApplyVideoAdapter"].execute(model, adapter, True).result[0]
+        enc = lambda t: clip.encode_from_tokens_scheduled(clip.tokenize(t))[0][0]
+        g = torch.Generator().manual_seed(0)
+        data = et.AlignData(torch.randn(1, frames, 4, size // 8, size // 8, generator=g),
+                            torch.rand(1, frames, size, size, 3, generator=g), enc("make it winter"),
+                            enc("a snowy street"), enc(""), ["clip"])
+    cfg = et.AlignConfig(steps=1, k=3, teacher_steps=8, checkpoint_every=0)
+    a = et.Aligner(model, cnet, video, data, cfg)
+    s = cfg.settings()
+    out = {}
+    with torch.inference_mode(False), torch.enable_grad():
+        a.data = et.AlignData(*(t.clone() for t in (data.latents, data.hints, data.instruction, data.caption,
+                                                     data.empty)), data.names)
+        a._load()
+        a._build_discriminators()
+        m = a.batch_models(torch.tensor([0]))
+        nt = len(a.sigmas)
+        dr = ea.draw(torch.Generator().manual_seed(1), m.source.shape, m.frames, s, nt)
+        out["student generation (k=3, checkpointed)"], x0 = count_flops(
+            ea.ddim_generate, m.student, dr.noise, dr.student_t, a.abar, True)
+        f_sds, (se, sv) = count_flops(lambda: (ea.sds_term(x0, m.edit_teacher, dr.sds_t, dr.sds_eps, a.abar)[0],
+                                               ea.sds_term(x0, m.video_teacher, dr.sds_t, dr.sds_eps, a.abar)[0]))
+        out["teacher SDS passes (edit + video)"] = f_sds
+
+        def disc_g():
+            feats = m.features(x0)
+            with torch.no_grad():
+                src = m.features(m.source)
+            return (dist.eve_generator_loss(a.d_edit(feats, m.instruction, 1, src)),
+                    dist.eve_generator_loss(a.d_video(feats, m.caption, m.frames)))
+        f_dg, (ge, gv) = count_flops(disc_g)
+        loss_g = dist.fdd_generator_loss(ge, se, gv, sv)
+        out["backward of L_G (incl. recomputing the k steps)"] = count_flops(loss_g.backward)[0]
+        ts = ea.teacher_timesteps(s.teacher_steps, nt)
+        with torch.no_grad():
+            out["teachers' DDIM real samples (2 x 8 steps)"], (real_e, real_v) = count_flops(
+                lambda: (ea.ddim_generate(m.edit_teacher, dr.edit_noise, ts, a.abar),
+                         ea.ddim_generate(m.video_teacher, dr.video_noise, ts, a.abar)))
+
+        def disc_d():
+            with torch.no_grad():
+                f_fake, f_e, f_v, src = (m.features(t) for t in (x0.detach(), real_e, real_v, m.source))
+            l_e = dist.eve_discriminator_loss(a.d_edit(f_e, m.instruction, 1, src), a.d_edit(f_fake, m.instruction, 1, src))
+            l_v = dist.eve_discriminator_loss(a.d_video(f_v, m.caption, m.frames), a.d_video(f_fake, m.caption, m.frames))
+            return dist.fdd_discriminator_loss(l_e, l_v)
+        f_dd, loss_d = count_flops(disc_d)
+        out["discriminators (features + heads; G and D passes)"] = f_dg + f_dd
+        out["backward of L_D (heads only)"] = count_flops(loss_d.backward)[0]
+    return out
+
+
+def _run(args: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "harness.bench_eve_align", "--worker", *args]
+    r = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, env=os.environ.copy())
+    if r.returncode != 0:
+        raise RuntimeError(f"bench worker {args} failed:\n{r.stderr[-4000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def bench_eve_align(comfy, repeats: int = 3) -> str:
+    tiny = _run(["tiny", "--steps", str(2 + 2 * max(repeats, 1))])
+    mib = 1 / 2**20
+    threads = os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())
+    t1 = print_table(
+        f"EVE LoRA alignment on the tiny stack (tiny UNet + ControlNet + motion module, 32x32, 3 frames, k=3, "
+        f"teacher_steps 8), median of {max(repeats, 1)} iterations per phase after 1 warm-up (torch "
+        f"{torch.__version__}, {threads} threads, {platform.machine()})",
+        ["phase", "s/iteration", "peak RAM above the warm RSS, MiB"],
+        [["SDS only (first 2/3)", f"{tiny['sds_s']:.2f}", ""],
+         ["SDS + adversarial (last 1/3)", f"{tiny['adv_s']:.2f}", f"{tiny['extra_bytes'] * mib:.0f} "
+                                                                  f"(warm RSS {tiny['rss'] * mib:.0f})"]])
+    fl = _run(["flops"])
+    sds_phase = sum(v for k, v in fl.items() if k.startswith(("student", "teacher SDS", "backward of L_G")))
+    total = sum(fl.values())
+    rows = [[k, fmt_flops(v), f"{100 * v / total:.1f}%"] for k, v in fl.items()]
+    rows.append(["iteration, adversarial phase (sum)", fmt_flops(total), "100%"])
+    rows.append(["iteration, SDS-only phase (no discriminators)", fmt_flops(sds_phase), f"{100 * sds_phase / total:.1f}%"])
+    t2 = print_table("FLOPs per EVE alignment iteration, full-size SD1.5 + ControlNet + AnimateDiff v2 motion module, "
+                     "256x256, 8 frames, k=3, teacher_steps 8, batch 1 clip (backward through frozen layers: input "
+                     "gradients only; note: the SDS-only phase's backward omits the discriminator terms, counted here "
+                     "with them)", ["part", "FLOPs", "share"], rows)
+    return t1 + "\n" + t2
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--worker", choices=["tiny", "flops"])
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    if a.worker == "tiny":
+        print(json.dumps(_tiny_worker(a.steps)), flush=True)
+    elif a.worker == "flops":
+        print(json.dumps(_flops_worker()), flush=True)
+    else:
+        bench_eve_align(None, a.repeats)
+
+
+if __name__ == "__main__":
+    main()

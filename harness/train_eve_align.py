@@ -1,0 +1,104 @@
+"""Headless EVE LoRA alignment (``"trainer": "eve_align"`` in harness/train.py's JSON config),
+alone or under torchrun (DDP, one process per GPU; gloo on CPU).
+
+Config keys:
+  model           SD1.5 checkpoint path (single file), or "fixture:tiny" (tests: tiny random stack)
+  control_net     ControlNet path (the image-edit adapter, e.g. control_v11e_sd15_ip2p.pth)
+  video_adapter   motion module path (AnimateDiff format); omit or null for image-only alignment
+  vae             "checkpoint" (default) or a TAESD variant name ("taesd")
+  dataset_folder  a folder with one .jsonl: {"video", "instruction", "caption"} per line
+  frames, resolution, steps, batch_size (per process), learning_rate, lora_rank, k, schedule_steps,
+  teacher_steps, sds_only_fraction, control_strength, seed, checkpoint_every, resume (default true)
+  output_dir      checkpoint.safetensors, lora.safetensors (kohya layout), loss_curve.png,
+                  rank<r>_lora.safetensors (every rank's final LoRA)
+  base            ComfyUI base directory (default .comfy/train-base)
+"""
+from __future__ import annotations
+
+import importlib
+import io as _io
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from .embedded import REPO_ROOT, boot_in_process
+
+DEFAULTS = {"vae": "checkpoint", "frames": 8, "resolution": 256, "steps": 1500, "batch_size": 1,
+            "learning_rate": 1e-5, "lora_rank": 16, "k": 3, "schedule_steps": 1000, "teacher_steps": 8,
+            "sds_only_fraction": 2 / 3, "control_strength": 1.0, "seed": 0, "checkpoint_every": 100,
+            "resume": True, "video_adapter": None}
+
+
+def _pack(name: str):
+    mod = next((m for m in sys.modules if m.endswith(".nodes.eve_align_train")), None)
+    if mod is None:
+        raise RuntimeError("the pack was not loaded by ComfyUI")
+    return importlib.import_module(mod[: -len(".eve_align_train")] + "." + name)
+
+
+def _models(cfg, nodes_eve):
+    """(edit teacher, control net, video teacher or None, clip, vae)."""
+    if cfg["model"] == "fixture:tiny":
+        from .fixtures import build_clip, build_model, tiny_controlnet, tiny_motion_module_sd, tiny_unet_config
+        ta = _pack("temporal_adapter")
+        model = build_model(tiny_unet_config(), seed=3)
+        video = None
+        if cfg["video_adapter"]:
+            adapter = ta.adapter_from_state_dict(tiny_motion_module_sd(), "tiny motion module")
+            video = nodes_eve.apply_video_adapter(model, adapter, True)
+        return model, tiny_controlnet(tiny_unet_config()), video, build_clip(tiny=True), None
+    import comfy.controlnet
+    import comfy.sd
+    import comfy.utils
+    model, clip, vae, *_ = comfy.sd.load_checkpoint_guess_config(cfg["model"], output_vae=True, output_clip=True)
+    control = comfy.controlnet.load_controlnet(cfg["control_net"])
+    video = None
+    if cfg["video_adapter"]:
+        ta = _pack("temporal_adapter")
+        sd = comfy.utils.load_torch_file(cfg["video_adapter"], safe_load=True)
+        video = nodes_eve.apply_video_adapter(model, ta.adapter_from_state_dict(sd, os.path.basename(cfg["video_adapter"])), True)
+    return model, control, video, clip, vae
+
+
+def run(cfg: dict) -> dict:
+    cfg = {**DEFAULTS, **cfg}
+    base = Path(cfg.get("base") or REPO_ROOT / ".comfy" / "train-base")
+    boot_in_process(base)
+    tr, et, nea, ne = (_pack(n) for n in ("training", "eve_align_train", "nodes_eve_align", "nodes_eve"))
+    rank, world = tr.ddp_init_from_env()
+    if torch.cuda.is_available() and world > 1:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+    model, control, video, clip, vae = _models(cfg, ne)
+    if cfg["vae"] != "checkpoint" or vae is None:
+        import nodes as comfy_nodes  # TAESD files go in <base>/models/vae_approx
+        vae = comfy_nodes.VAELoader().load_vae(cfg["vae"] if cfg["vae"] != "checkpoint" else "taesd")[0]
+    data = nea.dataset_data(clip, vae, cfg["dataset_folder"], int(cfg["frames"]), int(cfg["resolution"]))
+    out = Path(cfg["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    ac = et.AlignConfig(steps=int(cfg["steps"]), batch_size=int(cfg["batch_size"]),
+                        learning_rate=float(cfg["learning_rate"]), rank=int(cfg["lora_rank"]), k=int(cfg["k"]),
+                        schedule_steps=int(cfg["schedule_steps"]), teacher_steps=int(cfg["teacher_steps"]),
+                        sds_fraction=float(cfg["sds_only_fraction"]), control_strength=float(cfg["control_strength"]),
+                        seed=int(cfg["seed"]), checkpoint_every=int(cfg["checkpoint_every"]))
+    a = et.Aligner(model, control, video, data, ac)
+
+    def on_step(step, loss):
+        if rank == 0:
+            print(f"step {step}/{ac.steps} loss_g {loss:.6g} " +
+                  " ".join(f"{k} {v:.4g}" for k, v in a.last_log.items() if k != "loss_g"), flush=True)
+
+    history = a.run(str(out / "checkpoint.safetensors"), bool(cfg["resume"]), on_step=on_step)
+    nea.save_lora(a, str(out / f"rank{rank}_lora.safetensors"))
+    if rank == 0:
+        nea.save_lora(a, str(out / "lora.safetensors"))
+        buf = _io.BytesIO()
+        tr.render_loss_curve(history, title="FDD generator loss").save(buf, format="PNG")
+        tr.atomic_write_bytes(buf.getvalue(), str(out / "loss_curve.png"))
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier()
+        dist.destroy_process_group()
+    return {"rank": rank, "world": world, "steps": a.steps, "final_loss": history[-1] if history else None,
+            "image_only": video is None}
