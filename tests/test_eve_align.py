@@ -320,3 +320,33 @@ def test_bad_inputs(comfy, stack, tmp_path):
         folder = _dataset(tmp_path / missing, [{"instruction": "ok", "caption": "ok"}, entry])
         with pytest.raises(ValueError, match=rf"entry dataset.jsonl line 2 \(video 'clip1'\) has no '{missing}'"):
             scan_dataset(folder)
+
+
+def test_headless_ddp_two_cpu_processes_end_identical(tmp_path):
+    """harness.train with "trainer": "eve_align" under torchrun (2 gloo processes): one LoRA."""
+    import subprocess
+    import sys
+    from safetensors.torch import load_file
+    from harness.embedded import prepare_base_dir
+    from harness.fixtures import install_taesd
+    folder = _dataset(tmp_path / "data", [{"instruction": "make it winter", "caption": "a snowy street"},
+                                          {"instruction": "make it red", "caption": "a red street"}])
+    cfg = {"trainer": "eve_align", "model": "fixture:tiny", "video_adapter": "fixture", "vae": "taesd",
+           "dataset_folder": folder, "frames": 2, "resolution": SIZE, "steps": 2, "learning_rate": 1e-3,
+           "lora_rank": 2, "teacher_steps": 1, "sds_only_fraction": 0.5, "seed": 1, "checkpoint_every": 1,
+           "output_dir": str(tmp_path / "run"), "base": str(tmp_path / "base")}
+    (tmp_path / "run.json").write_text(json.dumps(cfg))
+    prepare_base_dir(tmp_path / "base")  # once, before two processes would race to create it
+    install_taesd(tmp_path / "base")
+    root = os.path.dirname(os.path.dirname(__file__))
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": root}
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "harness.train", str(tmp_path / "run.json")],
+                       cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    w0 = load_file(str(tmp_path / "run" / "rank0_lora.safetensors"))
+    w1 = load_file(str(tmp_path / "run" / "rank1_lora.safetensors"))
+    assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert any(w0[k].abs().max() > 0 for k in w0 if k.endswith("lora_up.weight"))
+    assert '"world": 2' in r.stdout and "loss_d" in r.stdout  # step 2 ran the discriminators
+    assert (tmp_path / "run" / "loss_curve.png").exists() and (tmp_path / "run" / "lora.safetensors").exists()
