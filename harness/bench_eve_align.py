@@ -23,6 +23,7 @@ import sys
 import time
 
 import torch
+import torch.utils.checkpoint
 
 from .bench_eve import _reset_peak, _vm
 from .embedded import REPO_ROOT
@@ -69,33 +70,41 @@ def _tiny_worker(steps: int) -> dict:
             "extra_bytes": _vm("VmHWM") - base["rss"], "rss": base["rss"], "steps": steps}
 
 
-def _flops_worker(frames: int = 8, size: int = 256) -> dict:
+def _flops_worker(frames: int = 8, size: int = 256, tiny: bool = False) -> dict:
     from . import fixtures
     from .bench import BENCH_BASE
     from .embedded import boot_in_process, use_comfy
     use_comfy(BENCH_BASE)
     models = BENCH_BASE / "models"
-    fixtures._link(fixtures.sd15_checkpoint(), models / "checkpoints")
-    fixtures._link(fixtures.sd15_controlnet(), models / "controlnet")
-    fixtures._link(fixtures.animatediff_motion_module("v2"), models / "animatediff_models")
+    if not tiny:
+        fixtures._link(fixtures.sd15_checkpoint(), models / "checkpoints")
+        fixtures._link(fixtures.sd15_controlnet(), models / "controlnet")
+        fixtures._link(fixtures.animatediff_motion_module("v2"), models / "animatediff_models")
     comfy = boot_in_process(BENCH_BASE)
     nc = comfy.node_classes
     et, ea = _pack("eve_align_train"), _pack("eve_align")
     dist = _pack("distillation")
     with torch.inference_mode():
-        model, clip, _ = nc["CheckpointLoaderSimple"]().load_checkpoint(fixtures.sd15_checkpoint().name)[:3]
-        cnet = nc["ControlNetLoader"]().load_controlnet(fixtures.sd15_controlnet().name)[0]
-        adapter = nc["VideoEditEVELoadVideoAdapter"].execute(fixtures.animatediff_motion_module("v2").name).result[0]
-        video = nc["VideoEditEVEApplyVideoAdapter"].execute(model, adapter, True).result[0]
+        if tiny:  # a dry run of this worker on the tiny stack
+            model = fixtures.build_model(fixtures.tiny_unet_config(), seed=3)
+            clip = fixtures.build_clip(tiny=True)
+            cnet = fixtures.tiny_controlnet(fixtures.tiny_unet_config())
+            adapter = _pack("temporal_adapter").adapter_from_state_dict(fixtures.tiny_motion_module_sd(), "tiny")
+            video = _pack("nodes_eve").apply_video_adapter(model, adapter, True)
+        else:
+            model, clip, _ = nc["CheckpointLoaderSimple"]().load_checkpoint(fixtures.sd15_checkpoint().name)[:3]
+            cnet = nc["ControlNetLoader"]().load_controlnet(fixtures.sd15_controlnet().name)[0]
+            adapter = nc["VideoEditEVELoadVideoAdapter"].execute(fixtures.animatediff_motion_module("v2").name).result[0]
+            video = nc["VideoEditEVEApplyVideoAdapter"].execute(model, adapter, True).result[0]
         enc = lambda t: clip.encode_from_tokens_scheduled(clip.tokenize(t))[0][0]
         g = torch.Generator().manual_seed(0)
         data = et.AlignData(torch.randn(1, frames, 4, size // 8, size // 8, generator=g),
                             torch.rand(1, frames, size, size, 3, generator=g), enc("make it winter"),
                             enc("a snowy street"), enc(""), ["clip"])
-    cfg = et.AlignConfig(steps=1, k=3, teacher_steps=8, checkpoint_every=0)
+    k, teacher_steps = 3, 8
+    cfg = et.AlignConfig(steps=1, k=k, teacher_steps=teacher_steps, checkpoint_every=0)
     a = et.Aligner(model, cnet, video, data, cfg)
     s = cfg.settings()
-    out = {}
     with torch.inference_mode(False), torch.enable_grad():
         a.data = et.AlignData(*(t.clone() for t in (data.latents, data.hints, data.instruction, data.caption,
                                                      data.empty)), data.names)
@@ -104,36 +113,41 @@ def _flops_worker(frames: int = 8, size: int = 256) -> dict:
         m = a.batch_models(torch.tensor([0]))
         nt = len(a.sigmas)
         dr = ea.draw(torch.Generator().manual_seed(1), m.source.shape, m.frames, s, nt)
-        out["student generation (k=3, checkpointed)"], x0 = count_flops(
-            ea.ddim_generate, m.student, dr.noise, dr.student_t, a.abar, True)
-        f_sds, (se, sv) = count_flops(lambda: (ea.sds_term(x0, m.edit_teacher, dr.sds_t, dr.sds_eps, a.abar)[0],
-                                               ea.sds_term(x0, m.video_teacher, dr.sds_t, dr.sds_eps, a.abar)[0]))
-        out["teacher SDS passes (edit + video)"] = f_sds
-
-        def disc_g():
-            feats = m.features(x0)
-            with torch.no_grad():
-                src = m.features(m.source)
-            return (dist.eve_generator_loss(a.d_edit(feats, m.instruction, 1, src)),
-                    dist.eve_generator_loss(a.d_video(feats, m.caption, m.frames)))
-        f_dg, (ge, gv) = count_flops(disc_g)
-        loss_g = dist.fdd_generator_loss(ge, se, gv, sv)
-        out["backward of L_G (incl. recomputing the k steps)"] = count_flops(loss_g.backward)[0]
-        ts = ea.teacher_timesteps(s.teacher_steps, nt)
+        t = torch.full((m.source.shape[0],), int(dr.student_t[0]), dtype=torch.long)
+        # one pass of each kind at full size; an iteration is a fixed number of each (every pass of
+        # a kind has the same shapes, so the same FLOPs)
+        p = {}
+        p["student"], _ = count_flops(m.student, dr.noise, t)
+        x = dr.noise.clone().requires_grad_(True)
+        out = torch.utils.checkpoint.checkpoint(m.student, x, t, use_reentrant=False)
+        p["student step backward"], _ = count_flops(out.sum().backward)  # recompute + input and LoRA grads
         with torch.no_grad():
-            out["teachers' DDIM real samples (2 x 8 steps)"], (real_e, real_v) = count_flops(
-                lambda: (ea.ddim_generate(m.edit_teacher, dr.edit_noise, ts, a.abar),
-                         ea.ddim_generate(m.video_teacher, dr.video_noise, ts, a.abar)))
-
-        def disc_d():
-            with torch.no_grad():
-                f_fake, f_e, f_v, src = (m.features(t) for t in (x0.detach(), real_e, real_v, m.source))
-            l_e = dist.eve_discriminator_loss(a.d_edit(f_e, m.instruction, 1, src), a.d_edit(f_fake, m.instruction, 1, src))
-            l_v = dist.eve_discriminator_loss(a.d_video(f_v, m.caption, m.frames), a.d_video(f_fake, m.caption, m.frames))
-            return dist.fdd_discriminator_loss(l_e, l_v)
-        f_dd, loss_d = count_flops(disc_d)
-        out["discriminators (features + heads; G and D passes)"] = f_dg + f_dd
-        out["backward of L_D (heads only)"] = count_flops(loss_d.backward)[0]
+            p["edit teacher"], _ = count_flops(m.edit_teacher, dr.noise, t)
+            p["video teacher"], _ = count_flops(m.video_teacher, dr.noise, t)
+            p["features"], _ = count_flops(m.features, m.source)
+            src = m.features(m.source)
+        x0 = m.source.clone().requires_grad_(True)
+        p["features + heads (with grad)"], (ge, gv) = count_flops(
+            lambda: (dist.eve_generator_loss(a.d_edit(m.features(x0), m.instruction, 1, src)),
+                     dist.eve_generator_loss(a.d_video(m.features(x0), m.caption, m.frames))))
+        p["heads, G backward through features"], _ = count_flops((ge + gv).backward)
+        with torch.no_grad():
+            feats = m.features(m.source)
+        p["heads (D, one sample kind)"], ld = count_flops(
+            lambda: dist.eve_discriminator_loss(a.d_edit(feats, m.instruction, 1, src), a.d_edit(feats, m.instruction, 1, src))
+            + dist.eve_discriminator_loss(a.d_video(feats, m.caption, m.frames), a.d_video(feats, m.caption, m.frames)))
+        p["heads, D backward"], _ = count_flops(ld.backward)
+    out = {
+        f"student generation ({k} steps)": k * p["student"],
+        "teacher SDS passes (edit + video)": p["edit teacher"] + p["video teacher"],
+        # G: features of x'_0 twice (D_e, D_v) with grad + the source once; D: fake, both real kinds, source
+        "discriminators (features + heads)": p["features + heads (with grad)"] + p["features"] + 4 * p["features"]
+                                             + p["heads (D, one sample kind)"],
+        f"teachers' DDIM real samples (2 x {teacher_steps} steps)": teacher_steps * (p["edit teacher"] + p["video teacher"]),
+        "backward (k recomputed steps + features + heads)": k * p["student step backward"]
+                                                           + p["heads, G backward through features"] + p["heads, D backward"],
+    }
+    out["_passes"] = p
     return out
 
 
@@ -158,21 +172,24 @@ def bench_eve_align(comfy, repeats: int = 3) -> str:
          ["SDS + adversarial (last 1/3)", f"{tiny['adv_s']:.2f}", f"{tiny['extra_bytes'] * mib:.0f} "
                                                                   f"(warm RSS {tiny['rss'] * mib:.0f})"]])
     fl = _run(["flops"])
-    sds_phase = sum(v for k, v in fl.items() if k.startswith(("student", "teacher SDS", "backward of L_G")))
+    passes = fl.pop("_passes")
+    sds_phase = sum(v for k, v in fl.items() if k.startswith(("student", "teacher SDS"))) + \
+        3 * passes["student step backward"]
     total = sum(fl.values())
     rows = [[k, fmt_flops(v), f"{100 * v / total:.1f}%"] for k, v in fl.items()]
     rows.append(["iteration, adversarial phase (sum)", fmt_flops(total), "100%"])
     rows.append(["iteration, SDS-only phase (no discriminators)", fmt_flops(sds_phase), f"{100 * sds_phase / total:.1f}%"])
     t2 = print_table("FLOPs per EVE alignment iteration, full-size SD1.5 + ControlNet + AnimateDiff v2 motion module, "
-                     "256x256, 8 frames, k=3, teacher_steps 8, batch 1 clip (backward through frozen layers: input "
-                     "gradients only; note: the SDS-only phase's backward omits the discriminator terms, counted here "
-                     "with them)", ["part", "FLOPs", "share"], rows)
+                     "256x256, 8 frames, k=3, teacher_steps 8, batch 1 clip: each kind of pass counted once at full "
+                     "size, times its count per iteration (backward through frozen layers: input gradients only)",
+                     ["part", "FLOPs", "share"], rows)
+    t2 += "\n\nper pass: " + ", ".join(f"{k} {fmt_flops(v)}" for k, v in passes.items())
     return t1 + "\n" + t2
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--worker", choices=["tiny", "flops"])
+    ap.add_argument("--worker", choices=["tiny", "flops", "flops-dry"])
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
@@ -180,6 +197,8 @@ def main() -> None:
         print(json.dumps(_tiny_worker(a.steps)), flush=True)
     elif a.worker == "flops":
         print(json.dumps(_flops_worker()), flush=True)
+    elif a.worker == "flops-dry":
+        print(json.dumps(_flops_worker(3, 32, tiny=True)), flush=True)
     else:
         bench_eve_align(None, a.repeats)
 

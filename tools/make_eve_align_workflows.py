@@ -51,7 +51,7 @@ def main():
         (6, "VideoEditEVEApplyVideoAdapter", (360, 700), {"anchor_first_frame": True}, {"model": (3, 0), "video_adapter": (5, 0)}),
         (10, "VideoEditEVELoRAAligner", (700, 300), {
             "data_mode": "my clip", "dataset_folder": "eve_align_data", "instruction": "make it a snowy winter scene",
-            "caption": "a snowy winter scene", "frames": 4, "resolution": 256, "steps": 1, "batch_size": 1,
+            "caption": "a snowy winter scene", "frames": 2, "resolution": 256, "steps": 1, "batch_size": 1,
             "learning_rate": 1e-5, "lora_rank": 4, "k": 3, "schedule_steps": 1000, "teacher_steps": 2,
             "sds_only_fraction": 2 / 3, "control_strength": 1.0, "seed": 0, "checkpoint_every": 1,
             "output_name": "eve_align_demo", "resume": False},
@@ -72,7 +72,7 @@ def main():
           "\"caption\"}; 'my clip': the connected frames. Leave video_teacher empty to align image-only (Sec. 4.4). "
           "Live loss chart, cancel, checkpoints (output/videoedit_training/<name>) with exact resume; the LoRA goes to "
           "models/loras/<output_name>.safetensors, for LoraLoader or the Adapter Stacker's lora_name.\n\n" + WEIGHTS +
-          "\n\nThe template trains 1 step on 4 frames of the sample clip so it runs anywhere; the paper: 1500 "
+          "\n\nThe template trains 1 step on 2 frames of the sample clip so it runs anywhere; the paper: 1500 "
           "iterations (1000 SDS only), batch 64, learning rate 1e-5, 8 frames at 512x512 (GPU; headless: "
           "python -m harness.train with \"trainer\": \"eve_align\", under torchrun). The edit then samples 2 steps: "
           "use 20-30 for real edits.", comfy)
