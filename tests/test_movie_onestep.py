@@ -423,3 +423,34 @@ def test_mobile_pix2pix_removes_the_high_res_attention_and_no_other_layer_output
                 assert torch.equal(ref, out), n
     finally:
         patched.unpatch_model()
+
+
+def test_headless_ddp_two_cpu_processes_end_identical(tiny, tmp_path):
+    """python -m harness.train with "trainer": "onestep" under torchrun (2 gloo processes): both
+    ranks end with the same student and heads; rank 0 writes the student file and the loss curve."""
+    import json
+    import subprocess
+    from safetensors.torch import load_file, save_file
+    d = _data(tiny[1], frames=4)
+    save_file({"x0": d.x0.clone(), "source": d.source.clone(), "context": d.context.contiguous(),
+               "empty": d.empty.contiguous()}, str(tmp_path / "lat.safetensors"))
+    cfg = {"trainer": "onestep", "model": "fixture:tiny_ip2p", "guidance_adapter": "fixture:random",
+           "data_mode": "latents", "latents": str(tmp_path / "lat.safetensors"), "v_steps": 1, "steps": 1,
+           "batch_size": 1, "v_learning_rate": 1e-3, "learning_rate": 1e-3, "disc_learning_rate": 1e-3,
+           "lora_rank": 2, "seed": 1, "checkpoint_every": 1, "output_dir": str(tmp_path / "run"),
+           "base": str(tmp_path / "base")}
+    (tmp_path / "run.json").write_text(json.dumps(cfg))
+    from harness.embedded import prepare_base_dir
+    prepare_base_dir(tmp_path / "base")  # once, before two processes would race to create it
+    root = os.path.dirname(os.path.dirname(__file__))
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "harness.train", str(tmp_path / "run.json")],
+                       cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": root},
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    w0 = load_file(str(tmp_path / "run" / "rank0_weights.safetensors"))
+    w1 = load_file(str(tmp_path / "run" / "rank1_weights.safetensors"))
+    assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert any(k.startswith("heads.") for k in w0) and any(w0[k].abs().max() > 0 for k in w0 if k.endswith(".up"))
+    assert '"world": 2' in r.stdout and '"steps": 2' in r.stdout
+    assert (tmp_path / "run" / "loss_curve.png").exists() and (tmp_path / "run" / "student.safetensors").exists()
