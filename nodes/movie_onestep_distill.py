@@ -63,7 +63,7 @@ def teacher_adapter(model, input_name: str = "model") -> movie.GuidanceAdapter:
         raise ValueError(f"{input_name}: not the guidance-distilled teacher (no guidance embedding): the one-step "
                          "student starts from the CFG-distilled model (MoViE Stage 3). Connect the MODEL output of "
                          "Load Guidance Adapter or CFG Distill (train)")
-    if getattr(model, "videoedit_onestep", None) is not None or \
+    if "videoedit_onestep" in model.model_options.get("transformer_options", {}) or \
             isinstance(model.get_model_object("model_sampling"), comfy.model_sampling.V_PREDICTION):
         raise ValueError(f"{input_name}: this is already a v-prediction (one-step) model; connect the "
                          "guidance-distilled epsilon-prediction teacher it came from")
@@ -139,7 +139,8 @@ class OneStepDistiller(Distiller):
         if feature_model is not None:
             check_feature_model(teacher, feature_model)
         super().__init__(teacher, data, cfg, adapter)
-        self.emb_patches = list(self.student.model_options["transformer_options"]["patches"]["emb_patch"])
+        self.emb_patches = [self._frozen_copy(p) for p in
+                            self.student.model_options["transformer_options"]["patches"]["emb_patch"]]
         self.fmodel = None
         if feature_model is not None:  # frozen copies for backward (inference-mode weights cannot be saved)
             self.fmodel = feature_model.clone()
@@ -154,6 +155,23 @@ class OneStepDistiller(Distiller):
                 level_channels(fnet), model_family(teacher)["context_dim"], hidden=cfg.head_channels,
                 seed=cfg.seed + 1)
         self.fingerprint = mo.adapter_fingerprint(self.teacher_adapter)
+
+    def _frozen_copy(self, patch):
+        """The teacher's guidance patch with a plain, no-grad copy of its embedding: an adapter loaded by a
+        node holds inference-mode parameters that still ask for gradients, which autograd refuses."""
+        if patch is self.adapter_patch() or not getattr(patch, "videoedit_guidance_patch", False):
+            return patch
+        e = patch.embed
+        with torch.inference_mode(False):
+            copy = movie.GuidanceScaleEmbedding(e.model_channels, e.time_embed_dim)
+            copy.load_state_dict({k: v.clone() for k, v in e.state_dict().items()})
+            copy.requires_grad_(False)
+        return movie.GuidanceEmbPatch(copy, patch.switch, patch.default)
+
+    def adapter_patch(self):
+        """The student's own guidance patch (the one make_student added for A2)."""
+        return next(p for p in self.student.model_options["transformer_options"]["patches"]["emb_patch"]
+                    if getattr(p, "embed", None) is self.adapter.embed)
 
     # ---- the model calls
     def _load(self):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from types import SimpleNamespace
 
 import torch
 from safetensors import safe_open
@@ -27,6 +28,7 @@ from .nodes_movie_train import DATA_MODES, MESSAGE, _checkpoint_step, folder_dat
 STUDENT_FOLDER = "videoedit_onestep"
 STUDENT_FORMAT = "videoedit.movie.onestep_student"
 TRAINED_STEPS = 1  # the student is trained to go from noise to x_0 in one pass
+ONESTEP_KEY = "videoedit_onestep"  # transformer_options entry marking a one-step student
 
 
 def register_folder() -> None:
@@ -72,9 +74,15 @@ def make_onestep_student(teacher, adapter: movie.GuidanceAdapter, meta: dict):
                          "distilled from (see the training run's info) before Load One-Step Student")
     v_model = ModelSamplingDiscrete().patch(teacher, "v_prediction", False)[0]
     m = make_student(v_model, adapter)
-    m.videoedit_onestep = {"trained_steps": int(meta.get("trained_steps", TRAINED_STEPS)),
-                           "steps": adapter.steps, "teacher_adapter": fp}
+    # in transformer_options so that it survives clone() (Cross-Frame Attention and other patches)
+    m.model_options["transformer_options"][ONESTEP_KEY] = {
+        "trained_steps": int(meta.get("trained_steps", TRAINED_STEPS)), "steps": adapter.steps, "teacher_adapter": fp,
+        "s_i_range": list(adapter.s_i_range), "s_t_range": list(adapter.s_t_range)}
     return m
+
+
+def onestep_info(model) -> dict | None:
+    return model.model_options.get("transformer_options", {}).get(ONESTEP_KEY)
 
 
 def student_names() -> list[str]:
@@ -273,7 +281,7 @@ class OneStepSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, instruction, source_latent, image_guidance, text_guidance, steps, seed) -> io.NodeOutput:
         require_ip2p(model)
-        meta = getattr(model, "videoedit_onestep", None)
+        meta = onestep_info(model)
         if meta is None:
             raise ValueError("model: not a one-step student; connect the MODEL output of One-Step Distill (train) or "
                              "Load One-Step Student (a CFG-distilled model samples with CFG-Distilled Guider)")
@@ -300,9 +308,8 @@ class OneStepSampler(io.ComfyNode):
             lines.append(f"note: the student was trained for {trained} step; {steps} steps run LCM-style (re-noising "
                          "its x_0 between passes) at timesteps it was not trained to chain: allowed, but may not "
                          f"improve the edit and costs {steps} UNet passes per frame")
-        ad = getattr(model, "videoedit_adapter", None)
-        if ad is not None:
-            lines += ad.in_range(image_guidance, text_guidance)
+        ranges = SimpleNamespace(s_i_range=meta["s_i_range"], s_t_range=meta["s_t_range"])
+        lines += movie.GuidanceAdapter.in_range(ranges, image_guidance, text_guidance)
         return io.NodeOutput({"samples": out.float().cpu()}, "\n".join(lines))
 
 

@@ -308,10 +308,11 @@ def test_nodes_end_to_end(comfy, tiny, monkeypatch):
     old = cu.PROGRESS_BAR_HOOK
     cu.set_progress_bar_global_hook(lambda v, t, p, node_id=None: seen.append((v, t)))
     vae = comfy.node_classes["VAELoader"]().load_vae("taesd")[0]
-    a1 = tiny[3]
     try:
-        with torch.inference_mode():
+        with torch.inference_mode():  # as Load Guidance Adapter loads it: inference tensors that require grad
             base = build_model(tiny_unet_config(ip2p=True), ip2p=True, seed=3)
+            a1 = type(tiny[3]).from_state(*tiny[3].to_state())
+            assert all(p.is_inference() and p.requires_grad for p in a1.parameters())
             teacher = make_student(base, a1)
             frames = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0))
             student, curve, info = node.execute(**_train_args(teacher, tiny[1], vae, frames=frames)).result
@@ -333,6 +334,7 @@ def test_nodes_end_to_end(comfy, tiny, monkeypatch):
     src = {"samples": torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))}
     seen.clear()
     cu.set_progress_bar_global_hook(lambda v, t, p, node_id=None: seen.append((v, t)))
+    loaded = comfy.node_classes["VideoEditCrossFrameAttention"].execute(loaded, "middle", 1).result[0]  # a clone
     try:
         with torch.inference_mode():
             out, note = sampler.execute(loaded, enc, src, 1.5, 7.5, 1, 0).result
@@ -343,7 +345,8 @@ def test_nodes_end_to_end(comfy, tiny, monkeypatch):
         cu.set_progress_bar_global_hook(old)
     assert out["samples"].shape == (3, 4, 8, 8) and torch.isfinite(out["samples"]).all()
     assert seen[0] == (1, 1)
-    assert "note" not in note and "1 UNet pass(es)" in note
+    assert "note" not in note and "1 UNet pass(es)" in note and "outside" not in note
+    assert "outside the trained range" in sampler.execute(loaded, enc, src, 1.5, 20.0, 1, 0).result[1]
     assert not torch.allclose(out["samples"], out_t["samples"]) and not torch.allclose(out["samples"], out_i["samples"])
     assert "trained for 1 step; 3 steps run LCM-style" in note3 and not torch.allclose(out3["samples"], out["samples"])
 
