@@ -70,6 +70,50 @@ def _tiny_worker(steps: int) -> dict:
             "extra_bytes": _vm("VmHWM") - base["rss"], "rss": base["rss"], "steps": steps}
 
 
+def _pass_flops(et, ea, dist, model, cnet, video, texts, frames, size, k, teacher_steps) -> dict:
+    """FLOPs of one pass of each kind of an alignment iteration, for a clip of ``frames`` frames."""
+    g = torch.Generator().manual_seed(0)
+    data = et.AlignData(torch.randn(1, frames, 4, size // 8, size // 8, generator=g),
+                        torch.rand(1, frames, size, size, 3, generator=g), *texts, ["clip"])
+    cfg = et.AlignConfig(steps=1, k=k, teacher_steps=teacher_steps, checkpoint_every=0)
+    a = et.Aligner(model, cnet, video, data, cfg)
+    s = cfg.settings()
+    with torch.inference_mode(False), torch.enable_grad():
+        a._load()
+        a._build_discriminators()
+        m = a.batch_models(torch.tensor([0]))
+        nt = len(a.sigmas)
+        dr = ea.draw(torch.Generator().manual_seed(1), m.source.shape, m.frames, s, nt)
+        t = torch.full((m.source.shape[0],), int(dr.student_t[0]), dtype=torch.long)
+        # one pass of each kind at full size; an iteration is a fixed number of each (every pass of
+        # a kind has the same shapes, so the same FLOPs)
+        p = {}
+        p["student"], _ = count_flops(m.student, dr.noise, t)
+        x = dr.noise.clone().requires_grad_(True)
+        out = torch.utils.checkpoint.checkpoint(m.student, x, t, use_reentrant=False)
+        p["student step backward"], _ = count_flops(out.sum().backward)  # recompute + input and LoRA grads
+        with torch.no_grad():
+            p["edit teacher"], _ = count_flops(m.edit_teacher, dr.noise, t)
+            p["video teacher"], _ = count_flops(m.video_teacher, dr.noise, t)
+            p["features"], _ = count_flops(m.features, m.source)
+            src = m.features(m.source)
+        x0 = m.source.clone().requires_grad_(True)
+
+        def g_terms():
+            f = m.features(x0)  # one feature pass of x'_0 serves both discriminators (as in the loop)
+            return (dist.eve_generator_loss(a.d_edit(f, m.instruction, 1, src)),
+                    dist.eve_generator_loss(a.d_video(f, m.caption, m.frames)))
+        p["features + heads (with grad)"], (ge, gv) = count_flops(g_terms)
+        p["heads, G backward through features"], _ = count_flops((ge + gv).backward)
+        with torch.no_grad():
+            feats = m.features(m.source)
+        p["heads (D, one sample kind)"], ld = count_flops(
+            lambda: dist.eve_discriminator_loss(a.d_edit(feats, m.instruction, 1, src), a.d_edit(feats, m.instruction, 1, src))
+            + dist.eve_discriminator_loss(a.d_video(feats, m.caption, m.frames), a.d_video(feats, m.caption, m.frames)))
+        p["heads, D backward"], _ = count_flops(ld.backward)
+    return p
+
+
 def _flops_worker(frames: int = 8, size: int = 256, tiny: bool = False) -> dict:
     from . import fixtures
     from .bench import BENCH_BASE
@@ -97,46 +141,11 @@ def _flops_worker(frames: int = 8, size: int = 256, tiny: bool = False) -> dict:
             adapter = nc["VideoEditEVELoadVideoAdapter"].execute(fixtures.animatediff_motion_module("v2").name).result[0]
             video = nc["VideoEditEVEApplyVideoAdapter"].execute(model, adapter, True).result[0]
         enc = lambda t: clip.encode_from_tokens_scheduled(clip.tokenize(t))[0][0]
-        g = torch.Generator().manual_seed(0)
-        data = et.AlignData(torch.randn(1, frames, 4, size // 8, size // 8, generator=g),
-                            torch.rand(1, frames, size, size, 3, generator=g), enc("make it winter"),
-                            enc("a snowy street"), enc(""), ["clip"])
+        texts = (enc("make it winter"), enc("a snowy street"), enc(""))
     k, teacher_steps = 3, 8
-    cfg = et.AlignConfig(steps=1, k=k, teacher_steps=teacher_steps, checkpoint_every=0)
-    a = et.Aligner(model, cnet, video, data, cfg)
-    s = cfg.settings()
-    with torch.inference_mode(False), torch.enable_grad():
-        a.data = et.AlignData(*(t.clone() for t in (data.latents, data.hints, data.instruction, data.caption,
-                                                     data.empty)), data.names)
-        a._load()
-        a._build_discriminators()
-        m = a.batch_models(torch.tensor([0]))
-        nt = len(a.sigmas)
-        dr = ea.draw(torch.Generator().manual_seed(1), m.source.shape, m.frames, s, nt)
-        t = torch.full((m.source.shape[0],), int(dr.student_t[0]), dtype=torch.long)
-        # one pass of each kind at full size; an iteration is a fixed number of each (every pass of
-        # a kind has the same shapes, so the same FLOPs)
-        p = {}
-        p["student"], _ = count_flops(m.student, dr.noise, t)
-        x = dr.noise.clone().requires_grad_(True)
-        out = torch.utils.checkpoint.checkpoint(m.student, x, t, use_reentrant=False)
-        p["student step backward"], _ = count_flops(out.sum().backward)  # recompute + input and LoRA grads
-        with torch.no_grad():
-            p["edit teacher"], _ = count_flops(m.edit_teacher, dr.noise, t)
-            p["video teacher"], _ = count_flops(m.video_teacher, dr.noise, t)
-            p["features"], _ = count_flops(m.features, m.source)
-            src = m.features(m.source)
-        x0 = m.source.clone().requires_grad_(True)
-        p["features + heads (with grad)"], (ge, gv) = count_flops(
-            lambda: (dist.eve_generator_loss(a.d_edit(m.features(x0), m.instruction, 1, src)),
-                     dist.eve_generator_loss(a.d_video(m.features(x0), m.caption, m.frames))))
-        p["heads, G backward through features"], _ = count_flops((ge + gv).backward)
-        with torch.no_grad():
-            feats = m.features(m.source)
-        p["heads (D, one sample kind)"], ld = count_flops(
-            lambda: dist.eve_discriminator_loss(a.d_edit(feats, m.instruction, 1, src), a.d_edit(feats, m.instruction, 1, src))
-            + dist.eve_discriminator_loss(a.d_video(feats, m.caption, m.frames), a.d_video(feats, m.caption, m.frames)))
-        p["heads, D backward"], _ = count_flops(ld.backward)
+    # one pass of each kind, counted at full size; an iteration runs a fixed number of each
+    # (passes of a kind have the same shapes, so the same FLOPs)
+    p = _pass_flops(et, ea, dist, model, cnet, video, texts, frames, size, k, teacher_steps)
     out = {
         f"student generation ({k} steps)": k * p["student"],
         "teacher SDS passes (edit + video)": p["edit teacher"] + p["video teacher"],

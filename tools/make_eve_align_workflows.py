@@ -36,7 +36,7 @@ def source(ckpt="sd15_random.safetensors"):
 def edit_tail(model, pos, neg, x=1500, prefix="videoedit/eve"):
     return [
         (14, "VAEEncode", (x - 350, 0), {}, {"pixels": (2, 0), "vae": (9, 0)}),
-        (15, "KSampler", (x, 0), {"seed": 42, "steps": 2, "cfg": 2.0, "sampler_name": "euler", "scheduler": "normal",
+        (15, "KSampler", (x, 0), {"seed": 42, "steps": 2, "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal",
                                   "denoise": 1.0},
          {"model": model, "positive": pos, "negative": neg, "latent_image": (14, 0)}),
         (16, "VAEDecode", (x + 350, 0), {}, {"samples": (15, 0), "vae": (9, 0)}),
@@ -74,8 +74,8 @@ def main():
           "models/loras/<output_name>.safetensors, for LoraLoader or the Adapter Stacker's lora_name.\n\n" + WEIGHTS +
           "\n\nThe template trains 1 step on 2 frames of the sample clip so it runs anywhere; the paper: 1500 "
           "iterations (1000 SDS only), batch 64, learning rate 1e-5, 8 frames at 512x512 (GPU; headless: "
-          "python -m harness.train with \"trainer\": \"eve_align\", under torchrun). The edit then samples 2 steps: "
-          "use 20-30 for real edits.", comfy)
+          "python -m harness.train with \"trainer\": \"eve_align\", under torchrun). The edit then samples 2 steps at cfg 1: "
+          "use 20-30 steps and cfg 5-7.5 for real edits.", comfy)
 
     aligned = source() + [
         (10, "VideoEditEVEAdapterStacker", (700, 200), {
@@ -90,7 +90,7 @@ def main():
           "and the video adapter on the frozen SD1.5 and loads the LoRA the LoRA Aligner (train) saved "
           "(models/loras). Frame 0 anchors the clip; long clips run in 8-frame windows overlapping by 4.\n\n" + WEIGHTS +
           "\n- models/loras: the LoRA your LoRA Aligner (train) run saved (the shipped eve_align_lora_random is a "
-          "random test fixture)\n\nWrite the edit as an instruction (IP2P style). The template samples 2 steps: use "
+          "random test fixture)\n\nWrite the edit as an instruction (IP2P style). The template samples 2 steps at cfg 1 (one pass per step, so it runs fast on a CPU): use "
           "20-30 steps and cfg 5-7.5 for real edits.", comfy)
 
 
