@@ -208,38 +208,61 @@ def _run_worker(job: str, frames: int, size: int, steps: int = 1, chunks: int = 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_tokenflow(comfy, repeats: int = 1, size: int = 256, time_frames: int = 8, time_steps: int = 2,
-                    lengths=(16, 64, 240), mem_size: int | None = None, fpc: int = 16) -> str:
-    """FLOPs/frame (512^2), reconstruction error, wall time/frame and peak RAM; one table each."""
+PARTS = ("flops", "recon", "time", "memory")
+
+
+def bench_tokenflow(comfy, repeats: int = 1, size: int = 256, time_frames: int = 4, time_steps: int = 1,
+                    lengths=(16, 64, 240), mem_size: int | None = 128, fpc: int = 16, mem_chunks: int = 1,
+                    parts=PARTS) -> str:
+    """FLOPs/frame (512^2), reconstruction error, wall time/frame and peak RAM; one table each.
+
+    The defaults fit a shared 2-core machine: wall time on 4 frames x 1 step at 256^2, peak RAM
+    at 128^2 over the keyframe pass + 1 chunk (every chunk pass is the same computation on
+    other frames; a larger size scales every row alike)."""
     threads = f"{os.environ.get('OMP_NUM_THREADS', torch.get_num_threads())} threads, {platform.machine()}"
     tables = []
-    rows, info = flops_rows(comfy)
-    tables.append(print_table(
-        f"TokenFlow FLOPs per frame, SD1.5 architecture at 512x512 (one UNet call = {fmt_flops(info['unet_call'])}, "
-        "x UNet calls per frame)", ["scheme", "inversion", "edit", "total", "vs official"], rows))
-    rows, rec = reconstruction_rows()
-    tables.append(print_table("Inversion round trip on the sample clip (256x256, 8 frames), trained toy model, "
-                              "relative error", ["scheme", "rel. error"], rows))
+    if "flops" in parts:
+        rows, info = flops_rows(comfy)
+        tables.append(print_table(
+            f"TokenFlow FLOPs per frame, SD1.5 architecture at 512x512 (one UNet call = {fmt_flops(info['unet_call'])}, "
+            "x UNet calls per frame)", ["scheme", "inversion", "edit", "total", "vs official"], rows))
+    if "recon" in parts:
+        rows, rec = reconstruction_rows()
+        tables.append(print_table("Inversion round trip on the sample clip (256x256, 8 frames), trained toy model, "
+                                  "relative error", ["scheme", "rel. error"], rows))
+    if "time" in parts:
+        tables.append(_time_table(size, time_frames, time_steps, fpc, threads))
+    if "memory" in parts:
+        tables.append(_memory_table(lengths, mem_size or size, fpc, mem_chunks, threads))
+    return "\n".join(tables)
+
+
+def _time_table(size: int, time_frames: int, time_steps: int, fpc: int, threads: str) -> str:
     t = _run_worker("time", time_frames, size, steps=time_steps, fpc=fpc)
     n = time_frames
-    tables.append(print_table(
+    return print_table(
         f"Wall time per frame, full-size random SD1.5, {size}x{size}, {n} frames, {t['steps']} steps, cfg 7.5 ({threads})",
         ["run", "s/frame"],
         [["DDIM Inverter (once per clip)", f"{t['invert_s'] / n:.2f}"],
          ["TokenFlow Keyframe Sampler (PnP, propagation, extended attention)", f"{t['tokenflow_s'] / n:.2f}"],
          ["core KSamplerAdvanced ddim, per-frame, same inverted latent", f"{t['core_s'] / n:.2f}"],
-         ["ratio TokenFlow / core", f"{t['tokenflow_s'] / t['core_s']:.2f}x"]]))
-    msize = mem_size or size
-    mem = {k: _run_worker("memory", k, msize, fpc=fpc) for k in lengths}
+         ["ratio TokenFlow / core", f"{t['tokenflow_s'] / t['core_s']:.2f}x"]])
+
+
+def _memory_table(lengths, msize: int, fpc: int, chunks: int, threads: str) -> str:
+    mem = {}
+    for k in lengths:
+        mem[k] = _run_worker("memory", k, msize, chunks=chunks, fpc=fpc)
+        print(f"[bench tokenflow] memory {k} frames: {json.dumps(mem[k])}", flush=True)
     mib = 1 / 2**20
     rows = [[k, f"{m['extra_bytes'] * mib:.0f}", f"{m['store_bytes'] * mib:.0f}", m["chunks_run"]] for k, m in mem.items()]
     lo, hi = lengths[0], lengths[-1]
     ratio = mem[hi]["extra_bytes"] / max(1, mem[lo]["extra_bytes"])
     rows.append([f"{hi} vs {lo} frames", f"{ratio:.2f}x (bar 1.25x)", "", ""])
-    tables.append(print_table(
-        f"Peak RAM of one Keyframe Sampler step above model + latents + inversion store, {msize}x{msize}, "
-        f"frames_per_chunk {fpc} ({threads})", ["frames", "peak extra MiB", "inversion store MiB", "chunks run"], rows))
-    return "\n".join(tables)
+    return print_table(
+        f"Peak RAM of one Keyframe Sampler step (keyframe pass + {chunks} chunk(s)) above model + latents + inversion "
+        f"store, {msize}x{msize}, frames_per_chunk {fpc} ({threads})",
+        ["frames", "peak extra MiB", "inversion store MiB", "chunks run"], rows)
 
 
 def main() -> None:
@@ -250,9 +273,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--chunks", type=int, default=2)
     ap.add_argument("--fpc", type=int, default=16)
+    ap.add_argument("--parts", default="time,memory",
+                    help="without --worker: run these tables (time, memory: they need no in-process ComfyUI)")
+    ap.add_argument("--lengths", default="16,64,240", help="frame counts of the memory table")
     a = ap.parse_args()
     if a.worker:
         print(json.dumps(_worker(a.worker, a.frames, a.size, a.steps, a.chunks, a.fpc)), flush=True)
+        return
+    parts = a.parts.split(",")
+    if not set(parts) <= {"time", "memory"}:
+        raise SystemExit("--parts: only time and memory run standalone (flops, recon: ./videoedit bench --only tokenflow)")
+    bench_tokenflow(None, size=a.size, time_frames=a.frames, time_steps=a.steps, mem_chunks=a.chunks, fpc=a.fpc,
+                    mem_size=a.size, lengths=tuple(int(x) for x in a.lengths.split(",")), parts=parts)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,14 @@ import torch
 SIZE, FRAMES, SHIFT = 256, 8, (8, 8)
 
 
-def warp_error(x: torch.Tensor) -> float:
+def warp_error(x: torch.Tensor, border: int = 0) -> float:
     """Mean squared difference between each frame and the previous one moved by the known
-    motion (content moves by -1 latent pixel in x and y per frame), over their overlap."""
-    return float((x[1:, :, :-1, :-1] - x[:-1, :, 1:, 1:]).pow(2).mean())
+    motion (content moves by -1 latent pixel in x and y per frame), over their overlap
+    (``border`` > 0: only its interior, for the diagnosis printed, not for the assertion)."""
+    a, b = x[1:, :, :-1, :-1], x[:-1, :, 1:, 1:]
+    if border:
+        a, b = a[..., border:-border, border:-border], b[..., border:-border, border:-border]
+    return float((a - b).pow(2).mean())
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +53,14 @@ def _edit(setup, **kw):
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=False, reason=(
-    "not reached on the toy model yet: measured warp error TokenFlow 0.21 vs per-frame 0.12 (cfg 1), 1.12 vs "
-    "0.85 (cfg 2); its NN fields match the known motion for only 60-79% of tokens, and the propagated "
-    "mismatches cost more than per-frame editing's aliasing. Needs a real model (SD 2.1 base) to confirm."))
+    "not reached on the toy model. Measured (10 steps, cfg 1, interval 4, PnP 0.8/0.5) warp error x1e-3, whole "
+    "frame / central 15x15 latent px: per-frame 118 / 12, TokenFlow 214 / 40. Not a propagation bug: with the "
+    "known motion as an oracle NN field TokenFlow gets 530 / 42 (oracle inside, Eq. 5 where content enters: 449 / "
+    "41); propagating only the 32x32 layers 214 (coarse layers are not the cause); the source branch propagated "
+    "too, as the official code does, 212; interval 1 (all keyframes) 118 = per-frame; interval 8 234. The toy's "
+    "per-frame edit is nearly shift-equivariant inside the frame (its flicker sits at the borders), unlike a real "
+    "SD model's, and the 1-latent-px/frame pan brings in content no keyframe holds. Needs a real model (SD 2.1 "
+    "base) to confirm the paper's 3.0 vs 11.3."))
 def test_tokenflow_is_more_consistent_than_per_frame_editing(setup, capsys):
     _, _, latent, *_ = setup
     assert warp_error(latent) < 1e-10  # the stand-in latent moves exactly with the clip
@@ -62,6 +71,7 @@ def test_tokenflow_is_more_consistent_than_per_frame_editing(setup, capsys):
     with capsys.disabled():
         print(f"\n[TokenFlow consistency, sample clip {SIZE}px x {FRAMES}, toy model] warp error: TokenFlow "
               f"{e_tf * 1e3:.2f}e-3, per-frame {e_pf * 1e3:.2f}e-3, ratio {e_pf / e_tf:.2f}x "
-              f"(edit strength: mean sq. change {change:.3f})")
+              f"(edit strength: mean sq. change {change:.3f}); central 15x15: TokenFlow "
+              f"{warp_error(tokenflow, 8) * 1e3:.2f}e-3, per-frame {warp_error(per_frame, 8) * 1e3:.2f}e-3")
     assert change > 10 * e_tf  # a real edit, not the source passed through
     assert e_tf < e_pf
