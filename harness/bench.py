@@ -67,6 +67,10 @@ from .bench_tokenflow import bench_tokenflow  # noqa: E402  (TokenFlow: FLOPs, r
 BENCHES["tokenflow"] = bench_tokenflow
 from .bench_movie import bench_movie  # noqa: E402  (MoViE fast path vs core IP2P)
 BENCHES["movie"] = bench_movie
+from .bench_movie_onestep import bench_movie_onestep  # noqa: E402  (MoViE one-step student vs core IP2P)
+BENCHES["movie_onestep"] = bench_movie_onestep
+from .bench_eve_align import bench_eve_align  # noqa: E402  (EVE LoRA alignment: tiny s/iteration, full-size FLOPs)
+BENCHES["eve_align"] = bench_eve_align
 
 
 def main() -> None:

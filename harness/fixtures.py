@@ -353,6 +353,58 @@ def movie_guidance_adapter() -> Path:
     return _cached(name, config, build) / f"{name}.safetensors"
 
 
+def eve_align_lora() -> Path:
+    """Random EVE alignment LoRA (rank 4) for the full-size SD1.5 fixture in the kohya key layout
+    the LoRA Aligner (train) writes and core LoraLoader reads; shapes from the checkpoint header."""
+    name = "eve_align_lora_random"
+    config = {"rank": 4, "ckpt": sd15_checkpoint().parent.name}
+
+    def build(d: Path):
+        from safetensors import safe_open
+        gen = torch.Generator().manual_seed(60)
+        sd = {}
+        with safe_open(str(sd15_checkpoint()), framework="pt") as f:
+            for k in f.keys():
+                if k.startswith("model.diffusion_model.") and k.endswith(".weight"):
+                    shape = f.get_slice(k).get_shape()
+                    if len(shape) >= 2:
+                        base = "lora_unet_" + k[len("model.diffusion_model."):-len(".weight")].replace(".", "_")
+                        cols = math.prod(shape[1:])
+                        r = min(4, shape[0], cols)
+                        sd[f"{base}.lora_down.weight"] = (torch.randn(r, cols, generator=gen) / math.sqrt(cols)).reshape(r, *shape[1:])
+                        sd[f"{base}.lora_up.weight"] = (torch.randn(shape[0], r, generator=gen) * 0.01).reshape(shape[0], r, *([1] * (len(shape) - 2)))
+                        sd[f"{base}.alpha"] = torch.tensor(float(r))
+        _save(sd, d / f"{name}.safetensors", dtype=torch.float32, what=name)
+
+    return _cached(name, config, build) / f"{name}.safetensors"
+
+
+def tiny_controlnet(unet_config: dict, seed: int = 21):
+    """A core ControlNet object with random weights for a tiny UNet config (in memory)."""
+    use_comfy()
+    import comfy.cldm.cldm
+    import comfy.controlnet
+    import comfy.ops
+    kw = {k: v for k, v in unet_config.items() if k not in ("out_channels", "transformer_depth_output",
+                                                            "use_temporal_resblock", "use_temporal_attention")}
+    net = comfy.cldm.cldm.ControlNet(hint_channels=3, operations=comfy.ops.disable_weight_init, device="cpu",
+                                     dtype=torch.float32, **kw)
+    reset_parameters(net, seed)
+    return comfy.controlnet.ControlNet(net, load_device=torch.device("cpu"))
+
+
+def tiny_motion_module_sd(model_channels: int = 32, channel_mult=(1, 2, 2), seed: int = 31) -> dict[str, torch.Tensor]:
+    """AnimateDiff-format random motion module tensors for tiny_unet_config()'s layout."""
+    from .pack import import_pack
+    import_pack()
+    from videoedit.nodes.temporal_adapter import unet_layout
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for prefix, pl in unet_layout(model_channels, channel_mult, 2, temporal_conv=False).items():
+        sd.update(_motion_module_sd(pl.channels, prefix, gen, 32))
+    return sd
+
+
 # --------------------------------------------------------------------------- installing
 
 def _link(src: Path, folder: Path, name: str | None = None) -> Path:
@@ -381,6 +433,9 @@ def install_all(base: Path = DEFAULT_BASE) -> None:
     _link(sd15_controlnet(), models / "controlnet")
     _link(animatediff_motion_module("v2"), models / "animatediff_models")
     _link(movie_guidance_adapter(), models / "videoedit_guidance")
+    _link(eve_align_lora(), models / "loras")
+    from .onestep_fixture import install as install_onestep_student  # MoViE one-step student (random)
+    install_onestep_student(base)
 
 
 def main() -> None:

@@ -78,9 +78,15 @@ def _data(cfg, clip, vae, md, tr, nt):
 
 
 def run(cfg: dict) -> dict:
+    if cfg.get("trainer") == "onestep":  # MoViE one-step student (Stage 4): keys in harness/train_onestep.py
+        from .train_onestep import run as run_onestep
+        return run_onestep(cfg)
+    if cfg.get("trainer") == "eve_align":  # EVE LoRA alignment: keys in harness/train_eve_align.py
+        from .train_eve_align import run as run_eve_align
+        return run_eve_align(cfg)
     cfg = {**DEFAULTS, **cfg}
     if cfg["trainer"] != "cfg_distill":
-        raise ValueError(f"trainer: '{cfg['trainer']}' is not known (cfg_distill)")
+        raise ValueError(f"trainer: '{cfg['trainer']}' is not known (cfg_distill, onestep, eve_align)")
     base = Path(cfg.get("base") or REPO_ROOT / ".comfy" / "train-base")
     boot_in_process(base)
     md, tr, nm, nt = _pack()

@@ -11,8 +11,10 @@ from . import nodes_movie
 from . import nodes_movie_train
 from . import nodes_movie_mobile
 from . import nodes_eve
+from . import nodes_movie_onestep
+from . import nodes_eve_align
 
 
 class VideoEditExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*nodes_taesd.NODES, *nodes_tokenflow.NODES, *nodes_tokenflow_sampler.NODES, *nodes_tokenflow_io.NODES, *nodes_movie.NODES, *nodes_movie_train.NODES, *nodes_movie_mobile.NODES, *nodes_eve.NODES]
+        return [*nodes_taesd.NODES, *nodes_tokenflow.NODES, *nodes_tokenflow_sampler.NODES, *nodes_tokenflow_io.NODES, *nodes_movie.NODES, *nodes_movie_train.NODES, *nodes_movie_mobile.NODES, *nodes_eve.NODES, *nodes_eve_align.NODES, *nodes_movie_onestep.NODES]
