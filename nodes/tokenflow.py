@@ -39,7 +39,7 @@ Paper vs official code (omerbt/TokenFlow), the choices made here:
   TokenFlowBlock gathers source, uncond and cond outputs from the keyframes), so its deeper
   layers' NN features and the PnP conv features come from a propagated source. We keep each
   source frame's own features (the paper's source tokens): on the toy model of the
-  consistency test the official variant moved the warp error by 1% (211.8 vs 214.0 x1e-3)
+  consistency test the official variant moved the warp error by 1% (214.0 vs 211.8 x1e-3)
   and it would hold the keyframes' source outputs as well.
 """
 from __future__ import annotations

@@ -54,10 +54,10 @@ def _edit(setup, **kw):
 @pytest.mark.slow
 @pytest.mark.xfail(strict=False, reason=(
     "not reached on the toy model. Measured (10 steps, cfg 1, interval 4, PnP 0.8/0.5) warp error x1e-3, whole "
-    "frame / central 15x15 latent px: per-frame 118 / 12, TokenFlow 214 / 40. Not a propagation bug: with the "
-    "known motion as an oracle NN field TokenFlow gets 530 / 42 (oracle inside, Eq. 5 where content enters: 449 / "
-    "41); propagating only the 32x32 layers 214 (coarse layers are not the cause); the source branch propagated "
-    "too, as the official code does, 212; interval 1 (all keyframes) 118 = per-frame; interval 8 234. The toy's "
+    "frame / central 15x15 latent px: per-frame 118 / 12, TokenFlow 212 / 39. Not a propagation bug: with the "
+    "source branch propagated too (official code) 214 / 40; in that variant, the known motion as an oracle NN "
+    "field 530 / 42 (oracle inside, Eq. 5 where content enters: 449 / 41), propagating only the 32x32 layers 214 "
+    "(coarse layers are not the cause), interval 1 (all keyframes) 118 = per-frame, interval 8 234. The toy's "
     "per-frame edit is nearly shift-equivariant inside the frame (its flicker sits at the borders), unlike a real "
     "SD model's, and the 1-latent-px/frame pan brings in content no keyframe holds. Needs a real model (SD 2.1 "
     "base) to confirm the paper's 3.0 vs 11.3."))
