@@ -148,16 +148,16 @@ def test_killed_run_resumes_exactly(stack, tmp_path):
         pass
 
     ck = str(tmp_path / "ck.safetensors")
-    full = _aligner(stack, steps=3, checkpoint_every=1)
+    full = _aligner(stack, steps=2, sds_fraction=0.5, checkpoint_every=1)  # step 2 adversarial
     full_losses = full.run()
 
     def kill(step, loss):
-        if step == 2:
+        if step == 1:
             raise Killed
 
     with pytest.raises(Killed):
-        _aligner(stack, steps=3, checkpoint_every=1).run(ck, on_step=kill)
-    resumed = _aligner(stack, steps=3, checkpoint_every=1)
+        _aligner(stack, steps=2, sds_fraction=0.5, checkpoint_every=1).run(ck, on_step=kill)
+    resumed = _aligner(stack, steps=2, sds_fraction=0.5, checkpoint_every=1)
     losses = resumed.run(ck)
     assert losses == full_losses
     p1, p2 = full.params(), resumed.params()
