@@ -14,7 +14,6 @@ import os
 import torch
 import torch.nn.functional as Fn
 
-import comfy.model_management
 import comfy.sd
 import comfy.utils
 import folder_paths
@@ -23,7 +22,7 @@ from comfy_api.v0_0_2 import io
 from . import training
 from .eve_align_train import AlignConfig, AlignData, Aligner
 from .nodes_eve import CATEGORY
-from .nodes_movie_train import MESSAGE, _checkpoint_step, encode_images, encode_text, send_to_ui
+from .nodes_movie_train import encode_images, encode_text, run_with_live_chart
 from .atomic_file import atomic_save_safetensors
 
 VIDEO_EXTS = (".mp4", ".webm", ".mov", ".mkv", ".gif", ".avi")
@@ -254,21 +253,7 @@ class LoRAAligner(io.ComfyNode):
 
 def run_alignment(aligner: Aligner, ckpt: str, resume: bool, node=None, name: str = ""):
     """Aligner.run with ComfyUI's progress bar, cancel and the live-chart messages."""
-    total = aligner.cfg.steps
-    start = _checkpoint_step(ckpt) if resume else 0
-    pbar = comfy.utils.ProgressBar(total)
-    pbar.update_absolute(min(start, total), total)
-    send_to_ui(MESSAGE, {"node": node, "name": name, "reset": True, "total": total})
-
-    def on_step(step, loss):
-        pbar.update_absolute(step, total)
-        send_to_ui(MESSAGE, {"node": node, "name": name, "step": step, "total": total, "loss": loss})
-
-    history = aligner.run(ckpt, resume, on_step=on_step,
-                          interrupted=comfy.model_management.throw_exception_if_processing_interrupted)
-    if start:
-        send_to_ui(MESSAGE, {"node": node, "name": name, "history": history, "total": total})
-    return history, start
+    return run_with_live_chart(aligner.run, aligner.cfg.steps, ckpt, resume, node, name)
 
 
 NODES = [LoRAAligner]

@@ -23,7 +23,7 @@ from . import movie, movie_onestep as mo, training
 from .movie_onestep_distill import OneStepConfig, OneStepDistiller, teacher_adapter
 from .nodes_movie import (CATEGORY, DistilledGuider, _S_I_TOOLTIP, _S_T_TOOLTIP, check_source, make_student,
                           require_ip2p, with_image)
-from .nodes_movie_train import DATA_MODES, MESSAGE, _checkpoint_step, folder_data, frames_data, send_to_ui
+from .nodes_movie_train import DATA_MODES, folder_data, frames_data, run_with_live_chart
 
 STUDENT_FOLDER = "videoedit_onestep"
 STUDENT_FORMAT = "videoedit.movie.onestep_student"
@@ -100,20 +100,7 @@ def paths_for(name: str) -> tuple[str, str]:
 def run_training(teacher, data, cfg: OneStepConfig, ckpt, resume, node=None, name="", feature_model=None):
     """OneStepDistiller.run with ComfyUI's progress bar, cancel and the live-chart messages."""
     d = OneStepDistiller(teacher, data, cfg, feature_model=feature_model)
-    total = cfg.v_steps + cfg.steps
-    start = _checkpoint_step(ckpt) if resume else 0
-    pbar = comfy.utils.ProgressBar(total)
-    pbar.update_absolute(min(start, total), total)
-    send_to_ui(MESSAGE, {"node": node, "name": name, "reset": True, "total": total})
-
-    def on_step(step, loss):
-        pbar.update_absolute(step, total)
-        send_to_ui(MESSAGE, {"node": node, "name": name, "step": step, "total": total, "loss": loss})
-
-    history = d.run(ckpt, resume, on_step=on_step,
-                    interrupted=comfy.model_management.throw_exception_if_processing_interrupted)
-    if start:  # the chart shows the resumed history too
-        send_to_ui(MESSAGE, {"node": node, "name": name, "history": history, "total": total})
+    history, start = run_with_live_chart(d.run, cfg.v_steps + cfg.steps, ckpt, resume, node, name)
     return d, history, start
 
 

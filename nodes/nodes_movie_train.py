@@ -165,22 +165,30 @@ class _Result:
         self.adapter, self.history, self.resumed_at = adapter, history, resumed_at
 
 
-def run_training(model, data, cfg, ckpt, resume, node=None, name=""):
-    """Distiller.run with ComfyUI's progress bar, cancel and the live-chart messages."""
-    d = Distiller(model, data, cfg)
+def run_with_live_chart(run, total: int, ckpt: str, resume: bool, node=None, name: str = ""):
+    """Run a trainer (``run(ckpt, resume, on_step=, interrupted=)``, the shape of every trainer of
+    the pack) with ComfyUI's progress bar, cancel and the live-chart messages of
+    js/videoedit_loss_chart.js. Returns (loss history, the step it resumed at)."""
     start = _checkpoint_step(ckpt) if resume else 0
-    pbar = comfy.utils.ProgressBar(cfg.steps)
-    pbar.update_absolute(min(start, cfg.steps), cfg.steps)
-    send_to_ui(MESSAGE, {"node": node, "name": name, "reset": True, "total": cfg.steps})
+    pbar = comfy.utils.ProgressBar(total)
+    pbar.update_absolute(min(start, total), total)
+    send_to_ui(MESSAGE, {"node": node, "name": name, "reset": True, "total": total})
 
     def on_step(step, loss):
-        pbar.update_absolute(step, cfg.steps)
-        send_to_ui(MESSAGE, {"node": node, "name": name, "step": step, "total": cfg.steps, "loss": loss})
+        pbar.update_absolute(step, total)
+        send_to_ui(MESSAGE, {"node": node, "name": name, "step": step, "total": total, "loss": loss})
 
-    history = d.run(ckpt, resume, on_step=on_step,
-                    interrupted=comfy.model_management.throw_exception_if_processing_interrupted)
+    history = run(ckpt, resume, on_step=on_step,
+                  interrupted=comfy.model_management.throw_exception_if_processing_interrupted)
     if start:  # the chart shows the resumed history too
-        send_to_ui(MESSAGE, {"node": node, "name": name, "history": history, "total": cfg.steps})
+        send_to_ui(MESSAGE, {"node": node, "name": name, "history": history, "total": total})
+    return history, start
+
+
+def run_training(model, data, cfg, ckpt, resume, node=None, name=""):
+    """The CFG distillation (Distiller.run) with progress, cancel and the live chart."""
+    d = Distiller(model, data, cfg)
+    history, start = run_with_live_chart(d.run, cfg.steps, ckpt, resume, node, name)
     return _Result(d.adapter, history, start)
 
 

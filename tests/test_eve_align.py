@@ -271,7 +271,7 @@ def test_node_end_to_end_image_only(comfy, stack, tmp_path, monkeypatch):
     import folder_paths
     nc = comfy.node_classes
     node = nc["VideoEditEVELoRAAligner"]
-    mod = sys.modules[node.__module__]
+    mod = sys.modules[comfy.node_classes["VideoEditCFGDistillTrain"].__module__]  # the pack's training glue
     sent, seen = [], []
     monkeypatch.setattr(mod, "send_to_ui", lambda e, d: sent.append((e, d)))
     old = cu.PROGRESS_BAR_HOOK

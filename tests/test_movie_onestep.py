@@ -302,7 +302,7 @@ def test_nodes_end_to_end(comfy, tiny, monkeypatch):
     from harness.fixtures import build_model, tiny_unet_config
     from videoedit.nodes.nodes_movie import make_student
     node = comfy.node_classes["VideoEditOneStepDistillTrain"]
-    mod = sys.modules[node.__module__]
+    mod = sys.modules[comfy.node_classes["VideoEditCFGDistillTrain"].__module__]  # the pack's training glue
     sent, seen = [], []
     monkeypatch.setattr(mod, "send_to_ui", lambda e, d: sent.append((e, d)))
     old = cu.PROGRESS_BAR_HOOK
