@@ -98,7 +98,11 @@ def test_zero_adapter_reproduces_core_per_frame_controlnet(comfy, parts):
     win = _run(comfy, _stack(comfy, parts, _fresh(comfy, parts), images, length=4, overlap=2), latent)
     diff = (win - core).abs().max().item()
     print(f"zero adapter in windows vs core: max abs diff {diff:.3g}")
-    assert diff <= 1e-5 * core.abs().max().item()
+    # windows run the UNet on 5-frame batches instead of 8: CPU GEMM blocking (and the CPU's vector
+    # path) then rounds differently, and 2 steps at cfg 3 on a random model whose outputs reach ~240
+    # amplify it (measured 1.8e-5 relative on one machine, below 1e-5 on another). A wrong hint per
+    # window would differ by O(1) of the output scale, far above this bound.
+    assert diff <= 1e-4 * core.abs().max().item()
 
 
 def test_loaded_module_changes_output_and_mixes_frames(comfy, parts):
