@@ -315,6 +315,28 @@ def taesd_files(variant: str = "taesd", latent_channels: int = 4) -> tuple[Path,
     return d / f"{variant}_encoder.safetensors", d / f"{variant}_decoder.safetensors"
 
 
+def random_guidance_adapter_tensors(gen: torch.Generator, rank: int = 4) -> dict[str, torch.Tensor]:
+    """Rank-``rank`` UNet deltas + scale-embedding MLP in the guidance-adapter layout, for the
+    full-size InstructPix2Pix fixture (shapes from its header); shared by the MoViE fixtures."""
+    from safetensors import safe_open
+    sd = {}
+    with safe_open(str(sd15_checkpoint(ip2p=True)), framework="pt") as f:
+        for k in f.keys():
+            if k.startswith("model.diffusion_model.") and k.endswith(".weight"):
+                shape = f.get_slice(k).get_shape()
+                if len(shape) >= 2:
+                    key, cols = k[len("model."):], math.prod(shape[1:])
+                    r = min(rank, shape[0], cols)
+                    sd[f"delta.{key}.down"] = torch.randn(r, cols, generator=gen) / math.sqrt(cols)
+                    sd[f"delta.{key}.up"] = torch.randn(shape[0], r, generator=gen) * 0.01
+    mc, ted = 320, 1280
+    sd["embed.fc1.weight"] = torch.randn(ted, 2 * mc, generator=gen) / math.sqrt(2 * mc)
+    sd["embed.fc1.bias"] = torch.zeros(ted)
+    sd["embed.fc2.weight"] = torch.randn(ted, ted, generator=gen) * 0.01 / math.sqrt(ted)
+    sd["embed.fc2.bias"] = torch.zeros(ted)
+    return sd
+
+
 def movie_guidance_adapter() -> Path:
     """Random MoViE guidance adapter (LoRA rank 4 + scale embedding) for the full-size
     InstructPix2Pix fixture, in the file format CFG Distill (train) writes; weight shapes are
@@ -323,25 +345,10 @@ def movie_guidance_adapter() -> Path:
     config = {"rank": 4, "ckpt": sd15_checkpoint(ip2p=True).parent.name}
 
     def build(d: Path):
-        from safetensors import safe_open
         from safetensors.torch import save_file as _save_file
         gen = torch.Generator().manual_seed(50)
-        sd = {}
-        with safe_open(str(sd15_checkpoint(ip2p=True)), framework="pt") as f:
-            for k in f.keys():
-                if k.startswith("model.diffusion_model.") and k.endswith(".weight"):
-                    shape = f.get_slice(k).get_shape()
-                    if len(shape) >= 2:
-                        key = k[len("model."):]
-                        cols = math.prod(shape[1:])
-                        r = min(4, shape[0], cols)
-                        sd[f"delta.{key}.down"] = torch.randn(r, cols, generator=gen) / math.sqrt(cols)
-                        sd[f"delta.{key}.up"] = torch.randn(shape[0], r, generator=gen) * 0.01
+        sd = random_guidance_adapter_tensors(gen)
         mc, ted = 320, 1280
-        sd["embed.fc1.weight"] = torch.randn(ted, 2 * mc, generator=gen) / math.sqrt(2 * mc)
-        sd["embed.fc1.bias"] = torch.zeros(ted)
-        sd["embed.fc2.weight"] = torch.randn(ted, ted, generator=gen) * 0.01 / math.sqrt(ted)
-        sd["embed.fc2.bias"] = torch.zeros(ted)
         family = {"channel_mult": list(SD15_CHANNEL_MULT), "context_dim": 768, "in_channels": 8,
                   "model": "SD15_instructpix2pix", "model_channels": mc, "out_channels": 4}
         meta = {"format": "videoedit.movie.guidance_adapter", "version": "1", "kind": "lora", "rank": "4",

@@ -5,7 +5,6 @@ checkpoint's header, so no UNet is built."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -29,21 +28,7 @@ def movie_onestep_student() -> Path:
             teacher_meta = f.metadata()
         teacher = movie.GuidanceAdapter.from_state(load_file(teacher_path), teacher_meta)
         gen = torch.Generator().manual_seed(60)
-        sd = {}
-        with safe_open(str(fixtures.sd15_checkpoint(ip2p=True)), framework="pt") as f:
-            for k in f.keys():
-                if k.startswith("model.diffusion_model.") and k.endswith(".weight"):
-                    shape = f.get_slice(k).get_shape()
-                    if len(shape) >= 2:
-                        key, cols = k[len("model."):], math.prod(shape[1:])
-                        r = min(4, shape[0], cols)
-                        sd[f"delta.{key}.down"] = torch.randn(r, cols, generator=gen) / math.sqrt(cols)
-                        sd[f"delta.{key}.up"] = torch.randn(shape[0], r, generator=gen) * 0.01
-        mc, ted = 320, 1280
-        sd["embed.fc1.weight"] = torch.randn(ted, 2 * mc, generator=gen) / math.sqrt(2 * mc)
-        sd["embed.fc1.bias"] = torch.zeros(ted)
-        sd["embed.fc2.weight"] = torch.randn(ted, ted, generator=gen) * 0.01 / math.sqrt(ted)
-        sd["embed.fc2.bias"] = torch.zeros(ted)
+        sd = fixtures.random_guidance_adapter_tensors(gen)
         meta = {**teacher_meta, "format": "videoedit.movie.onestep_student", "rank": "4", "steps": "0",
                 "teacher_adapter": mo.adapter_fingerprint(teacher), "prediction": "v", "trained_steps": "1",
                 "v_steps": "0", "adversarial_steps": "0",
