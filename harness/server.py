@@ -188,6 +188,11 @@ class ComfyServer:
             raise ComfyServerError(f"server refused the prompt: {_format_prompt_error(resp)}")
         return resp["prompt_id"]
 
+    def free(self) -> None:
+        """Core's POST /free: unload every model and clear the node-output cache (what the Manager's
+        "Free model and node cache" button does). The worker does it between prompts."""
+        self._request("/free", data=json.dumps({"unload_models": True, "free_memory": True}).encode())
+
     def history(self, prompt_id: str) -> dict | None:
         return self.get_json(f"/history/{urllib.parse.quote(prompt_id)}").get(prompt_id)
 

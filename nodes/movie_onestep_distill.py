@@ -351,14 +351,21 @@ class OneStepDistiller(Distiller):
                     if s == cfg.v_steps + 1:
                         opt.state.clear()  # Alg. 2 starts its own optimizer (as a separate run would)
                     src, ctx, scales, x0, t, noise = self.adversarial_draw(gen)
-                    x0_hat = self.student_x0(x0, src, ctx, t, scales, noise)
                     b = x0.shape[0]
+                    # The D step sees the fake detached, so it is made without a graph: the student's graph
+                    # (a copy of every merged weight, ~3.4 GB at SD1.5 size) is then never alive while the
+                    # discriminator's graphs are. The G step remakes it with its graph: the same values
+                    # (the D step changes only the heads), one extra student pass per step.
+                    with torch.no_grad():
+                        fake = self.student_x0(x0, src, ctx, t, scales, noise)
                     t_d, sig_d, n_d = self._disc_noise(gen, b, x0.shape)
-                    loss_d, _ = mo.discriminator_step_loss(self.discriminator(src, ctx, scales, t_d), x0, x0_hat,
+                    loss_d, _ = mo.discriminator_step_loss(self.discriminator(src, ctx, scales, t_d), x0, fake,
                                                            sig_d, n_d, cfg.lambda_r1)
                     self._apply(opt, loss_d, head_p, student_p)
                     self.d_losses.append(training.ddp_mean(float(loss_d.item())))
+                    del fake, loss_d
                     t_d, sig_d, n_d = self._disc_noise(gen, b, x0.shape)  # Alg. 2 line 13: fresh t', eps'
+                    x0_hat = self.student_x0(x0, src, ctx, t, scales, noise)
                     loss = mo.generator_step_loss(self.discriminator(src, ctx, scales, t_d), x0, x0_hat, sig_d, n_d,
                                                   cfg.lambda_mse, cfg.lambda_gen)
                     self._apply(opt, loss, student_p, head_p)

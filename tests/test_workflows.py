@@ -49,6 +49,9 @@ def test_workflow_runs_end_to_end(path, comfy_server, object_info, sample_clip, 
     chunked = [nid for nid, n in prompt.items() if "frames_per_chunk" in n["inputs"]]
     prompt = apply_overrides(prompt, [f"{nid}.frames_per_chunk=3" for nid in chunked])
 
+    # each workflow starts from an empty server, as after a restart: the session-long server would
+    # otherwise keep every earlier workflow's models (full-size SD1.5 fixtures) in the 24 GiB of RAM
+    comfy_server.free()
     result = comfy_server.run(prompt, timeout=300)
 
     assert result.events("execution_success"), result.messages
