@@ -62,24 +62,21 @@ def main():
          {"positive": (7, 0), "negative": (8, 0), "control_net": (4, 0), "image": (2, 0)}),
         *edit_tail((10, 0), (12, 0), (12, 1), prefix="videoedit/eve_lora_align_train"),
     ]
-    # Not shipped yet: at full size the aligner holds the UNet, ControlNet, motion module and a
-    # per-call copy of the frozen weights for backward; on the 24 GiB CI machine the server reached
-    # 19 GB and was OOM-killed (2026-12-02). `--with-training` writes it for machines with room.
-    if "--with-training" in sys.argv:
-        build("eve_lora_align_train", "EVE: LoRA alignment (Factorized Diffusion Distillation), then an aligned edit", train,
-              "EVE alignment (Sec. 3.2-3.3): the image-edit adapter (ControlNet) and the video adapter (motion module) "
-              "were trained separately on one frozen SD1.5; a small LoRA on the backbone aligns them, with NO edited "
-              "videos. The student (backbone + both frozen adapters + LoRA) edits a clip from noise in k = 3 steps "
-              "(one per K-bin) and learns from SDS of the edit teacher (backbone + ControlNet) and the video teacher "
-              "(backbone + motion module), then (after the first 2/3 of the steps) from two discriminators too. "
-              "data_mode 'dataset folder': a folder with one .jsonl, a line per clip {\"video\", \"instruction\", "
-              "\"caption\"}; 'my clip': the connected frames. Leave video_teacher empty to align image-only (Sec. 4.4). "
-              "Live loss chart, cancel, checkpoints (output/videoedit_training/<name>) with exact resume; the LoRA goes to "
-              "models/loras/<output_name>.safetensors, for LoraLoader or the Adapter Stacker's lora_name.\n\n" + WEIGHTS +
-              "\n\nThe template trains 1 step on 2 frames of the sample clip so it runs anywhere; the paper: 1500 "
-              "iterations (1000 SDS only), batch 64, learning rate 1e-5, 8 frames at 512x512 (GPU; headless: "
-              "python -m harness.train with \"trainer\": \"eve_align\", under torchrun). The edit then samples 2 steps at cfg 1: "
-              "use 20-30 steps and cfg 5-7.5 for real edits.", comfy)
+    # a 1-step run at full size peaks at 14.7 GB server RSS (tests: /free before it, fixed glibc mmap threshold)
+    build("eve_lora_align_train", "EVE: LoRA alignment (Factorized Diffusion Distillation), then an aligned edit", train,
+          "EVE alignment (Sec. 3.2-3.3): the image-edit adapter (ControlNet) and the video adapter (motion module) "
+          "were trained separately on one frozen SD1.5; a small LoRA on the backbone aligns them, with NO edited "
+          "videos. The student (backbone + both frozen adapters + LoRA) edits a clip from noise in k = 3 steps "
+          "(one per K-bin) and learns from SDS of the edit teacher (backbone + ControlNet) and the video teacher "
+          "(backbone + motion module), then (after the first 2/3 of the steps) from two discriminators too. "
+          "data_mode 'dataset folder': a folder with one .jsonl, a line per clip {\"video\", \"instruction\", "
+          "\"caption\"}; 'my clip': the connected frames. Leave video_teacher empty to align image-only (Sec. 4.4). "
+          "Live loss chart, cancel, checkpoints (output/videoedit_training/<name>) with exact resume; the LoRA goes to "
+          "models/loras/<output_name>.safetensors, for LoraLoader or the Adapter Stacker's lora_name.\n\n" + WEIGHTS +
+          "\n\nThe template trains 1 step on 2 frames of the sample clip so it runs anywhere; the paper: 1500 "
+          "iterations (1000 SDS only), batch 64, learning rate 1e-5, 8 frames at 512x512 (GPU; headless: "
+          "python -m harness.train with \"trainer\": \"eve_align\", under torchrun). The edit then samples 2 steps at cfg 1: "
+          "use 20-30 steps and cfg 5-7.5 for real edits.", comfy)
 
     aligned = source() + [
         (10, "VideoEditEVEAdapterStacker", (700, 200), {
