@@ -88,10 +88,13 @@ def _pass_flops(et, ea, dist, model, cnet, video, texts, frames, size, k, teache
         # one pass of each kind at full size; an iteration is a fixed number of each (every pass of
         # a kind has the same shapes, so the same FLOPs)
         p = {}
-        p["student"], _ = count_flops(m.student, dr.noise, t)
+        with torch.no_grad():  # the same forward FLOPs; a graph here would sit beside the next one (OOM at 8 frames)
+            p["student"], _ = count_flops(m.student, dr.noise, t)
+        del _
         x = dr.noise.clone().requires_grad_(True)
         out = torch.utils.checkpoint.checkpoint(m.student, x, t, use_reentrant=False)
         p["student step backward"], _ = count_flops(out.sum().backward)  # recompute + input and LoRA grads
+        del out, x
         with torch.no_grad():
             p["edit teacher"], _ = count_flops(m.edit_teacher, dr.noise, t)
             p["video teacher"], _ = count_flops(m.video_teacher, dr.noise, t)
@@ -162,10 +165,48 @@ def _flops_worker(frames: int = 8, size: int = 256, tiny: bool = False) -> dict:
 
 def _run(args: list[str]) -> dict:
     cmd = [sys.executable, "-m", "harness.bench_eve_align", "--worker", *args]
-    r = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, env=os.environ.copy())
+    env = os.environ.copy()
+    if args[0] == "flops":  # counts do not depend on the allocator; handing freed weight copies back to the OS
+        env.pop("MALLOC_MMAP_MAX_", None)  # (the bench's no-return setting is for honest RSS peaks) keeps
+        env.pop("MALLOC_TRIM_THRESHOLD_", None)  # the full-size counts inside 24 GiB
+        env["MALLOC_MMAP_THRESHOLD_"] = "131072"
+    r = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise RuntimeError(f"bench worker {args} failed:\n{r.stderr[-4000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+FULL_FRAMES = 8
+FIT_FRAMES = (1, 2, 3, 4)  # an 8-frame count needs > 21.5 GB at full size with grad (killed on the 24 GiB machine)
+
+
+def quadratic_in_frames(counts: dict[int, float], frames: int) -> tuple[float, float]:
+    """Every pass's FLOPs are c + a F + b F^2 in the clip length F: per-frame layers give a F, the
+    motion modules' and D_v's attention along time b F^2, per-clip caption projections c. Solve
+    that exactly through the first three counts; return (its value at ``frames``, its relative
+    error at the fourth count, the check that the form holds)."""
+    fs = sorted(counts)
+    A = torch.tensor([[1.0, f, f * f] for f in fs[:3]], dtype=torch.float64)
+    coef = torch.linalg.solve(A, torch.tensor([counts[f] for f in fs[:3]], dtype=torch.float64))
+    at = lambda f: float(coef[0] + coef[1] * f + coef[2] * f * f)
+    check = abs(at(fs[3]) - counts[fs[3]]) / max(1.0, abs(counts[fs[3]]))
+    return at(frames), check
+
+
+def flops_at_frames(frames: int) -> tuple[dict, str]:
+    """The flops worker's table at ``frames``, from counts at FIT_FRAMES (one worker each)."""
+    runs = {f: _run(["flops", "--frames", str(f)]) for f in FIT_FRAMES}
+    out, worst = {}, 0.0
+    for key, v in runs[FIT_FRAMES[0]].items():
+        if key == "_passes":
+            continue
+        out[key], err = quadratic_in_frames({f: runs[f][key] for f in FIT_FRAMES}, frames)
+        worst = max(worst, err)
+    out["_passes"] = {}
+    for key in runs[FIT_FRAMES[0]]["_passes"]:
+        out["_passes"][key], err = quadratic_in_frames({f: runs[f]["_passes"][key] for f in FIT_FRAMES}, frames)
+        worst = max(worst, err)
+    return out, f"the fit through {FIT_FRAMES[:3]} predicts the {FIT_FRAMES[3]}-frame counts within {worst:.1e} relative"
 
 
 def bench_eve_align(comfy, repeats: int = 3) -> str:
@@ -180,7 +221,7 @@ def bench_eve_align(comfy, repeats: int = 3) -> str:
         [["SDS only (first 2/3)", f"{tiny['sds_s']:.2f}", ""],
          ["SDS + adversarial (last 1/3)", f"{tiny['adv_s']:.2f}", f"{tiny['extra_bytes'] * mib:.0f} "
                                                                   f"(warm RSS {tiny['rss'] * mib:.0f})"]])
-    fl = _run(["flops"])
+    fl, fit = flops_at_frames(FULL_FRAMES)
     passes = fl.pop("_passes")
     sds_phase = sum(v for k, v in fl.items() if k.startswith(("student", "teacher SDS"))) + \
         3 * passes["student step backward"]
@@ -188,9 +229,10 @@ def bench_eve_align(comfy, repeats: int = 3) -> str:
     rows = [[k, fmt_flops(v), f"{100 * v / total:.1f}%"] for k, v in fl.items()]
     rows.append(["iteration, adversarial phase (sum)", fmt_flops(total), "100%"])
     rows.append(["iteration, SDS-only phase (no discriminators)", fmt_flops(sds_phase), f"{100 * sds_phase / total:.1f}%"])
-    t2 = print_table("FLOPs per EVE alignment iteration, full-size SD1.5 + ControlNet + AnimateDiff v2 motion module, "
-                     "256x256, 8 frames, k=3, teacher_steps 8, batch 1 clip: each kind of pass counted once at full "
-                     "size, times its count per iteration (backward through frozen layers: input gradients only)",
+    t2 = print_table(f"FLOPs per EVE alignment iteration, full-size SD1.5 + ControlNet + AnimateDiff v2 motion module, "
+                     f"256x256, {FULL_FRAMES} frames, k=3, teacher_steps 8, batch 1 clip: each kind of pass counted once at full "
+                     "size, times its count per iteration (backward through frozen layers: input gradients only); "
+                     f"counted at {', '.join(map(str, FIT_FRAMES))} frames and extrapolated exactly ({fit})",
                      ["part", "FLOPs", "share"], rows)
     t2 += "\n\nper pass: " + ", ".join(f"{k} {fmt_flops(v)}" for k, v in passes.items())
     return t1 + "\n" + t2
@@ -201,11 +243,12 @@ def main() -> None:
     ap.add_argument("--worker", choices=["tiny", "flops", "flops-dry"])
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--frames", type=int, default=8, help="clip length of the flops worker")
     a = ap.parse_args()
     if a.worker == "tiny":
         print(json.dumps(_tiny_worker(a.steps)), flush=True)
     elif a.worker == "flops":
-        print(json.dumps(_flops_worker()), flush=True)
+        print(json.dumps(_flops_worker(a.frames)), flush=True)
     elif a.worker == "flops-dry":
         print(json.dumps(_flops_worker(3, 32, tiny=True)), flush=True)
     else:

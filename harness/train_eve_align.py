@@ -6,6 +6,8 @@ Config keys:
   control_net     ControlNet path (the image-edit adapter, e.g. control_v11e_sd15_ip2p.pth)
   video_adapter   motion module path (AnimateDiff format); omit or null for image-only alignment
   vae             "checkpoint" (default) or a TAESD variant name ("taesd")
+  feature_network the discriminators' feature network: omit for the backbone's UNet encoder, or the
+                  path of a DINOv2 model.safetensors (HF layout; it sees the clips decoded by vae)
   dataset_folder  a folder with one .jsonl: {"video", "instruction", "caption"} per line
   frames, resolution, steps, batch_size (per process), learning_rate, lora_rank, k, schedule_steps,
   teacher_steps, sds_only_fraction, control_strength, seed, checkpoint_every, resume (default true)
@@ -82,7 +84,11 @@ def run(cfg: dict) -> dict:
                         schedule_steps=int(cfg["schedule_steps"]), teacher_steps=int(cfg["teacher_steps"]),
                         sds_fraction=float(cfg["sds_only_fraction"]), control_strength=float(cfg["control_strength"]),
                         seed=int(cfg["seed"]), checkpoint_every=int(cfg["checkpoint_every"]))
-    a = et.Aligner(model, control, video, data, ac)
+    dino = None
+    if cfg.get("feature_network"):
+        df = _pack("dino_features")
+        dino = df.DinoFeatures(df.load_dinov2(str(cfg["feature_network"])))
+    a = et.Aligner(model, control, video, data, ac, dino, vae, os.path.basename(str(cfg.get("feature_network") or "")))
 
     def on_step(step, loss):
         if rank == 0:

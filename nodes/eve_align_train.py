@@ -129,7 +129,10 @@ def _trainable_copy(block):
 class Aligner:
     """One alignment run: ``run()`` trains from the checkpoint (if any) to cfg.steps."""
 
-    def __init__(self, edit_teacher, control_net, video_teacher, data: AlignData, cfg: AlignConfig):
+    def __init__(self, edit_teacher, control_net, video_teacher, data: AlignData, cfg: AlignConfig,
+                 feature_network: nn.Module | None = None, vae=None, feature_name: str = ""):
+        """``feature_network``: a DinoFeatures (images in [0, 1] -> maps) for the discriminators
+        instead of the backbone's UNet encoder; it sees the student's clips decoded by ``vae``."""
         data.check()
         check_controlnet(edit_teacher, control_net)
         if video_teacher is not None:
@@ -174,6 +177,15 @@ class Aligner:
                         self.control_patcher.add_weight_wrapper(f"{n}.{attr}", FrozenWeight())
             self.control.control_model_wrapped = self.control_patcher
         self.d_edit = self.d_video = None
+        self.dino, self.decoder, self.feature_name = None, None, "backbone UNet encoder"
+        if feature_network is not None:
+            if vae is None:
+                raise ValueError("vae: the DINOv2 feature network sees pixels; connect the VAE that decodes the "
+                                 "student's latents (TAESD keeps the decode with gradients cheap)")
+            with torch.inference_mode(False):  # frozen, but backward passes through it to the student
+                self.decoder = copy.deepcopy(vae.first_stage_model).requires_grad_(False)
+            self.decoder_dtype = vae.vae_dtype
+            self.dino, self.feature_name = feature_network.requires_grad_(False), feature_name or "DINOv2"
 
     # ---- model calls
     def _load(self):
@@ -185,6 +197,9 @@ class Aligner:
         self.sigmas = self.ms.sigmas.float().cpu()
         self.abar = 1.0 / (1.0 + self.sigmas ** 2)
         self.lora.to(self.device)
+        if self.dino is not None:
+            self.dino.to(self.device)
+            self.decoder.to(self.device)
 
     def _options(self, clips: int, temporal: bool) -> dict:
         to = dict(self.student.model_options.get("transformer_options", {}))
@@ -220,8 +235,12 @@ class Aligner:
         return fn
 
     def features(self, x0: torch.Tensor) -> list[torch.Tensor]:
-        """The frozen backbone's UNet encoder (t = 0, empty prompt): the last block of every
-        resolution level and the middle block."""
+        """The frozen feature network's maps of x_0: DINOv2 on the decoded frames if one is given,
+        else the backbone's UNet encoder (t = 0, empty prompt): the last block of every resolution
+        level and the middle block."""
+        if self.dino is not None:
+            z = self.student.model.process_latent_out(x0.to(self.device)).to(self.decoder_dtype)
+            return [f.float() for f in self.dino((self.decoder.decode(z).float() + 1) / 2)]
         self.switch.enabled = False
         try:
             u = self.unet
@@ -284,6 +303,7 @@ class Aligner:
         c.pop("steps"), c.pop("checkpoint_every")
         c["data"] = f"{list(self.data.latents.shape)}:{list(self.data.caption.shape)}"
         c["image_only"], c["world"] = self.image_only, self.world
+        c["feature_network"] = self.feature_name
         return c
 
     def run(self, checkpoint_path: str | None = None, resume: bool = True,

@@ -19,13 +19,29 @@ import comfy.utils
 import folder_paths
 from comfy_api.v0_0_2 import io
 
-from . import training
+from . import dino_features, training
 from .eve_align_train import AlignConfig, AlignData, Aligner
 from .nodes_eve import CATEGORY
+from .nodes_movie import register_folder
 from .nodes_movie_train import encode_images, encode_text, run_with_live_chart
 from .atomic_file import atomic_save_safetensors
 
 VIDEO_EXTS = (".mp4", ".webm", ".mov", ".mkv", ".gif", ".avi")
+FEATURES_FOLDER = "videoedit_features"  # models/videoedit_features: DINOv2 model.safetensors files
+UNET_FEATURES = "backbone UNet encoder"
+register_folder(FEATURES_FOLDER)
+
+
+def load_feature_network(name: str | None):
+    """(DinoFeatures or None, name) for the feature_network widget."""
+    if not name or name == UNET_FEATURES:
+        return None, UNET_FEATURES
+    path = folder_paths.get_full_path(FEATURES_FOLDER, name)
+    if path is None:
+        raise ValueError(f"feature_network: '{name}' is not in models/{FEATURES_FOLDER}; put a DINOv2 "
+                         "model.safetensors there (facebook/dinov2-small/base/large) or pick "
+                         f"'{UNET_FEATURES}'")
+    return dino_features.DinoFeatures(dino_features.load_dinov2(path)), name
 LAYOUT = ('one .jsonl file with a line per clip: {"video": "<file or frames folder>", "instruction": "...", '
           '"caption": "..."}')
 
@@ -215,6 +231,12 @@ class LoRAAligner(io.ComfyNode):
                                tooltip="The video teacher rho: the same backbone with the video adapter (Apply Video "
                                        "Adapter). Leave empty to align image-only (D_v and the video teacher off)."),
                 io.Image.Input("images", optional=True, tooltip="'my clip' mode: the clip's frames (IMAGE batch)."),
+                io.Combo.Input("feature_network", options=[UNET_FEATURES, *folder_paths.get_filename_list(FEATURES_FOLDER)],
+                               default=UNET_FEATURES, optional=True,
+                               tooltip="The discriminators' frozen feature network: the backbone's UNet encoder "
+                                       "(on latents, as MoViE and LADD), or a DINOv2 (EVE's choice) from "
+                                       f"models/{FEATURES_FOLDER} (model.safetensors of facebook/dinov2-*); DINOv2 "
+                                       "sees the clips decoded by the vae input, so use TAESD there to keep it cheap."),
             ],
             outputs=[io.Model.Output(tooltip="The student: the video teacher (or the backbone) with the aligned LoRA."),
                      io.Image.Output(display_name="loss_curve", tooltip="The generator loss per step."),
@@ -225,7 +247,8 @@ class LoRAAligner(io.ComfyNode):
     @classmethod
     def execute(cls, edit_teacher, control_net, clip, vae, data_mode, dataset_folder, instruction, caption, frames, resolution, steps, batch_size,
                 learning_rate, lora_rank, k, schedule_steps, teacher_steps, sds_only_fraction, control_strength, seed,
-                checkpoint_every, output_name, resume, video_teacher=None, images=None) -> io.NodeOutput:
+                checkpoint_every, output_name, resume, video_teacher=None, images=None,
+                feature_network=None) -> io.NodeOutput:
         ckpt, lora_path = paths_for(output_name)
         if k > schedule_steps:
             raise ValueError(f"k: {k} student steps cannot be drawn from a schedule of {schedule_steps} steps "
@@ -238,7 +261,8 @@ class LoRAAligner(io.ComfyNode):
                           schedule_steps=schedule_steps, teacher_steps=teacher_steps, sds_fraction=sds_only_fraction,
                           control_strength=control_strength, seed=seed, checkpoint_every=checkpoint_every)
         node = cls.hidden.unique_id if cls.hidden is not None else None
-        aligner = Aligner(edit_teacher, control_net, video_teacher, data, cfg)
+        features, fname = load_feature_network(feature_network)
+        aligner = Aligner(edit_teacher, control_net, video_teacher, data, cfg, features, vae, fname)
         history, start = run_alignment(aligner, ckpt, resume, node, output_name)
         save_lora(aligner, lora_path)
         base = video_teacher if video_teacher is not None else edit_teacher

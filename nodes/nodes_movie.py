@@ -30,11 +30,11 @@ _S_T_TOOLTIP = ("Text guidance s_T: how strongly to follow the instruction (high
                 "Default 7.5; the distilled student is trained on 2-14.")
 
 
-def register_folder() -> None:
-    path = os.path.join(folder_paths.models_dir, ADAPTER_FOLDER)
-    if ADAPTER_FOLDER not in folder_paths.folder_names_and_paths or \
-            path not in folder_paths.get_folder_paths(ADAPTER_FOLDER):
-        folder_paths.add_model_folder_path(ADAPTER_FOLDER, path, is_default=True)
+def register_folder(name: str = ADAPTER_FOLDER) -> None:
+    """models/<name> as a ComfyUI model folder of ours (once, also if the pack is imported twice)."""
+    path = os.path.join(folder_paths.models_dir, name)
+    if name not in folder_paths.folder_names_and_paths or path not in folder_paths.get_folder_paths(name):
+        folder_paths.add_model_folder_path(name, path, is_default=True)
 
 
 register_folder()

@@ -22,7 +22,7 @@ from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
 from . import movie, movie_onestep as mo, training
 from .movie_onestep_distill import OneStepConfig, OneStepDistiller, teacher_adapter
 from .nodes_movie import (CATEGORY, DistilledGuider, _S_I_TOOLTIP, _S_T_TOOLTIP, check_source, make_student,
-                          require_ip2p, with_image)
+                          register_folder, require_ip2p, with_image)
 from .nodes_movie_train import DATA_MODES, folder_data, frames_data, run_with_live_chart
 
 STUDENT_FOLDER = "videoedit_onestep"
@@ -31,14 +31,7 @@ TRAINED_STEPS = 1  # the student is trained to go from noise to x_0 in one pass
 ONESTEP_KEY = "videoedit_onestep"  # transformer_options entry marking a one-step student
 
 
-def register_folder() -> None:
-    path = os.path.join(folder_paths.models_dir, STUDENT_FOLDER)
-    if STUDENT_FOLDER not in folder_paths.folder_names_and_paths or \
-            path not in folder_paths.get_folder_paths(STUDENT_FOLDER):
-        folder_paths.add_model_folder_path(STUDENT_FOLDER, path, is_default=True)
-
-
-register_folder()
+register_folder(STUDENT_FOLDER)
 
 
 # ----------------------------------------------------------------- the student file

@@ -350,3 +350,87 @@ def test_headless_ddp_two_cpu_processes_end_identical(tmp_path):
     assert any(w0[k].abs().max() > 0 for k in w0 if k.endswith("lora_up.weight"))
     assert '"world": 2' in r.stdout and "loss_d" in r.stdout  # step 2 ran the discriminators
     assert (tmp_path / "run" / "loss_curve.png").exists() and (tmp_path / "run" / "lora.safetensors").exists()
+
+
+# ------------------------------------------------------------------ DINOv2 feature network
+
+def _tiny_dinov2(path, seed=5):
+    """A random DINOv2 in the Hugging Face layout (64-dim single head, 3 layers, patch 4, 16 px)."""
+    from safetensors.torch import save_file
+    from transformers import Dinov2Config, Dinov2Model
+    torch.manual_seed(seed)
+    m = Dinov2Model(Dinov2Config(hidden_size=64, num_hidden_layers=3, num_attention_heads=1, mlp_ratio=2,
+                                 patch_size=4, image_size=16, layerscale_value=0.5)).eval()
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
+    return m
+
+
+def test_dinov2_feature_network_loads_exactly_and_serves_the_discriminators(comfy, stack, tmp_path):
+    """EVE's feature network: the file's architecture is read off its tensors (same outputs as the
+    model it came from); the student's x_0 reaches it through the VAE decode with gradients; the
+    heads train on its levels; DINOv2 and every frozen weight stay bit-identical."""
+    from videoedit.nodes import dino_features as df
+    ref = _tiny_dinov2(tmp_path / "dino.safetensors")
+    with torch.inference_mode():  # as the node runs
+        feats = df.DinoFeatures(df.load_dinov2(str(tmp_path / "dino.safetensors")), levels=4, size=16)
+    cfg = feats.model.config
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.patch_size, cfg.image_size, cfg.mlp_ratio) == (64, 3, 4, 16, 2)
+    assert feats.layers == [1, 2, 3]  # levels capped at the depth, the last layer included
+    img = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    maps = feats(img)
+    with torch.no_grad():
+        x = (img - torch.tensor(df.IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(df.IMAGENET_STD).view(1, 3, 1, 1)
+        hs = ref(pixel_values=x, output_hidden_states=True).hidden_states
+    for got, i in zip(maps, feats.layers):
+        assert got.shape == (2, 64, 4, 4)
+        assert torch.allclose(got, hs[i][:, 1:].transpose(1, 2).reshape(2, 64, 4, 4), atol=1e-5)
+
+    dino_before = _hash(feats.model.state_dict())
+    frozen_before = _hash(_frozen(stack))
+    vae = comfy.node_classes["VAELoader"]().load_vae("taesd")[0]
+    from videoedit.nodes.eve_align_train import Aligner
+    a = Aligner(stack["model"], stack["control"], stack["video"], stack["data"], _cfg(steps=2, sds_fraction=0.5),
+                feats, vae, "dino.safetensors")
+    with torch.inference_mode(False):
+        a._load()
+        x0 = torch.randn(F, 4, SIZE // 8, SIZE // 8, requires_grad=True)
+        sum(f.square().mean() for f in a.features(x0)).backward()
+        assert x0.grad is not None and x0.grad.abs().max() > 0  # the decode + DINOv2 path passes gradients
+    a._build_discriminators()
+    initial = {k: v.detach().clone() for k, v in a.params().items() if not k.startswith("lora.")}
+    a.run()
+    moved = {k.split(".")[0] for k, v in a.params().items() if k in initial and not torch.equal(initial[k], v)}
+    assert moved == {"d_edit", "d_video"}
+    assert a.config_record()["feature_network"] == "dino.safetensors"
+    assert _hash(feats.model.state_dict()) == dino_before and _hash(_frozen(stack)) == frozen_before
+
+
+def test_dinov2_bad_files(comfy, stack, tmp_path):
+    from safetensors.torch import save_file
+    import folder_paths
+    from videoedit.nodes import dino_features as df
+    from videoedit.nodes.eve_align_train import Aligner
+    from videoedit.nodes.nodes_eve_align import FEATURES_FOLDER, load_feature_network
+    (tmp_path / "dino.pth").write_bytes(b"not loaded")
+    with pytest.raises(ValueError, match=r"feature_network: 'dino.pth' is not a .safetensors file; pickle"):
+        df.load_dinov2(str(tmp_path / "dino.pth"))
+    save_file({"blocks.0.attn.qkv.weight": torch.zeros(3, 3)}, str(tmp_path / "timm.safetensors"))
+    with pytest.raises(ValueError, match=r"not a DINOv2 checkpoint in the Hugging Face layout .*timm"):
+        df.load_dinov2(str(tmp_path / "timm.safetensors"))
+    sd = _tiny_dinov2(tmp_path / "dino.safetensors").state_dict()
+    save_file({**sd, "embeddings.register_tokens": torch.zeros(1, 4, 64)}, str(tmp_path / "reg.safetensors"))
+    with pytest.raises(ValueError, match=r"with registers"):
+        df.load_dinov2(str(tmp_path / "reg.safetensors"))
+    with pytest.raises(ValueError, match=rf"feature_network: 'missing.safetensors' is not in models/{FEATURES_FOLDER}"):
+        load_feature_network("missing.safetensors")
+    assert load_feature_network("backbone UNet encoder")[0] is None
+    target = os.path.join(folder_paths.get_folder_paths(FEATURES_FOLDER)[0], "test_dino.safetensors")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.replace(tmp_path / "dino.safetensors", target)
+    try:
+        net, name = load_feature_network("test_dino.safetensors")
+        assert isinstance(net, df.DinoFeatures) and name == "test_dino.safetensors"
+    finally:
+        os.remove(target)
+    with pytest.raises(ValueError, match=r"vae: the DINOv2 feature network sees pixels"):
+        Aligner(stack["model"], stack["control"], None, stack["data"], _cfg(), net, None)
