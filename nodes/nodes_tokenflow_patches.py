@@ -66,6 +66,7 @@ class TokenFlowState:
     src_qk: dict = field(default_factory=dict)  # layer -> (q, k) of the last source pass
     src_conv: torch.Tensor | None = None
     nn_cache: dict = field(default_factory=dict)
+    split_groups: bool = True  # keyframe pass: one conditioning group per UNet call (same result, half the peak)
 
     def clear_step(self):
         self.key_src.clear(), self.key_out.clear(), self.frame_src.clear(), self.src_qk.clear()
@@ -146,6 +147,12 @@ class TokenFlowState:
         def wrapper(apply_model, args):
             if self.phase in ("keyframes", "frames") and self.src_latent is not None and not self.source_done:
                 self._source_pass(call, apply_model, args)
+            groups = list(args.get("cond_or_uncond") or [])
+            if self.phase == "keyframes" and self.split_groups and len(groups) > 1 and "control" not in args["c"]:
+                # Extended attention (Eq. 3-4) joins keyframes within one conditioning group, never across,
+                # so cond and uncond are two separate problems: one at a time holds half the keyframe
+                # activations. With n/8 keyframes this pass sets the step's peak on long clips.
+                return torch.cat([call(apply_model, _one_group(args, i, len(groups))) for i in range(len(groups))])
             return call(apply_model, args)
         return wrapper
 
@@ -171,6 +178,21 @@ class TokenFlowState:
         finally:
             self.phase = phase
         self.source_done = True
+
+
+def _one_group(args: dict, i: int, n: int) -> dict:
+    """The unet-wrapper arguments of the i-th of n equal conditioning groups of the batch."""
+    total = args["input"].shape[0]
+    rows = slice(i * (total // n), (i + 1) * (total // n))
+    pick = lambda v: v[rows] if isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape[0] == total else v
+    c = {key: pick(val) for key, val in args["c"].items() if key != "transformer_options"}
+    to = {key: pick(val) for key, val in args["c"].get("transformer_options", {}).items()}
+    for key in ("cond_or_uncond", "uuids"):
+        if isinstance(to.get(key), list) and len(to[key]) == n:
+            to[key] = [to[key][i]]
+    c["transformer_options"] = to
+    return {"input": args["input"][rows], "timestep": pick(args["timestep"]), "c": c,
+            "cond_or_uncond": [args["cond_or_uncond"][i]]}
 
 
 def _layer_key(extra_options) -> tuple:

@@ -127,6 +127,27 @@ def test_tokenflow_changes_the_result_and_is_chunk_invariant(tiny, nodes, invert
     assert not torch.equal(other, whole)
 
 
+def test_keyframe_pass_one_group_at_a_time_is_the_same_computation(tiny, nodes, inverted, monkeypatch):
+    """The keyframe pass runs cond and uncond as separate UNet calls (half the peak on long clips):
+    extended attention never joins the two groups, so the edit equals the joint batch's."""
+    import functools
+    import sys
+    _, model, conds = tiny
+    _, sampler = nodes
+    inv, _ = inverted
+    mod = sys.modules[sampler.__module__]
+    patches = sys.modules[mod.__name__.replace("nodes_tokenflow_sampler", "nodes_tokenflow_patches")]
+    calls = []
+    one_group = patches._one_group
+    monkeypatch.setattr(patches, "_one_group", lambda *a: calls.append(a[1]) or one_group(*a))
+    split = _sample(sampler, model, conds, inv)
+    assert calls and set(calls) == {0, 1}  # both groups, one call each, at every step
+    monkeypatch.setattr(mod, "TokenFlowState", functools.partial(mod.TokenFlowState, split_groups=False))
+    joint = _sample(sampler, model, conds, inv)
+    print(f"[keyframe pass] one group per call vs joint batch: max|diff| {float((split - joint).abs().max()):.3e}")
+    torch.testing.assert_close(split, joint, atol=1e-5, rtol=1e-5)
+
+
 def test_pnp_injection_makes_the_structure_prompt_independent(tiny, nodes):
     """Plug-and-Play injects the *source's* conv features and q/k, which do not depend on the
     edit prompt: two different prompts give closer results with injection than without (a
