@@ -183,8 +183,8 @@ FIT_FRAMES = (1, 2, 3, 4)  # an 8-frame count needs > 21.5 GB at full size with 
 def quadratic_in_frames(counts: dict[int, float], frames: int) -> tuple[float, float]:
     """Every pass's FLOPs are c + a F + b F^2 in the clip length F: per-frame layers give a F, the
     motion modules' and D_v's attention along time b F^2, per-clip caption projections c. Solve
-    that exactly through the first three counts; return (its value at ``frames``, its relative
-    error at the fourth count, the check that the form holds)."""
+    that exactly through the first three counts; returns (its value at ``frames``, its relative
+    error at the fourth count: the check that the form holds)."""
     fs = sorted(counts)
     A = torch.tensor([[1.0, f, f * f] for f in fs[:3]], dtype=torch.float64)
     coef = torch.linalg.solve(A, torch.tensor([counts[f] for f in fs[:3]], dtype=torch.float64))

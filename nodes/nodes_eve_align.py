@@ -27,6 +27,8 @@ from .nodes_movie_train import encode_images, encode_text, run_with_live_chart
 from .atomic_file import atomic_save_safetensors
 
 VIDEO_EXTS = (".mp4", ".webm", ".mov", ".mkv", ".gif", ".avi")
+LAYOUT = ('one .jsonl file with a line per clip: {"video": "<file or frames folder>", "instruction": "...", '
+          '"caption": "..."}')
 FEATURES_FOLDER = "videoedit_features"  # models/videoedit_features: DINOv2 model.safetensors files
 UNET_FEATURES = "backbone UNet encoder"
 register_folder(FEATURES_FOLDER)
@@ -42,8 +44,6 @@ def load_feature_network(name: str | None):
                          "model.safetensors there (facebook/dinov2-small/base/large) or pick "
                          f"'{UNET_FEATURES}'")
     return dino_features.DinoFeatures(dino_features.load_dinov2(path)), name
-LAYOUT = ('one .jsonl file with a line per clip: {"video": "<file or frames folder>", "instruction": "...", '
-          '"caption": "..."}')
 
 
 # ------------------------------------------------------------------------- dataset

@@ -12,27 +12,14 @@ F, SIZE = 6, 32  # frames, pixels (latent 4x4)
 
 @pytest.fixture(scope="module")
 def parts(comfy):
-    from harness.fixtures import build_clip, build_model, tiny_unet_config
+    from harness.fixtures import build_clip, build_model, tiny_controlnet, tiny_unet_config
     nc = comfy.node_classes
     model = build_model(tiny_unet_config(), seed=3)
     clip = build_clip(tiny=True)
     enc = nc["CLIPTextEncode"]()
     pos = enc.encode(clip, "make it winter")[0]
     neg = enc.encode(clip, "")[0]
-    return dict(model=model, pos=pos, neg=neg, control=_tiny_controlnet(tiny_unet_config()))
-
-
-def _tiny_controlnet(unet_config, seed=21):
-    import comfy.cldm.cldm
-    import comfy.controlnet
-    import comfy.ops
-    from harness.fixtures import reset_parameters
-    kw = {k: v for k, v in unet_config.items() if k not in ("out_channels", "transformer_depth_output",
-                                                            "use_temporal_resblock", "use_temporal_attention")}
-    net = comfy.cldm.cldm.ControlNet(hint_channels=3, operations=comfy.ops.disable_weight_init, device="cpu",
-                                     dtype=torch.float32, **kw)
-    reset_parameters(net, seed)
-    return comfy.controlnet.ControlNet(net, load_device=torch.device("cpu"))
+    return dict(model=model, pos=pos, neg=neg, control=tiny_controlnet(tiny_unet_config()))
 
 
 def _tiny_ad_file(comfy, name="mm_tiny_random.safetensors", seed=31):
@@ -194,8 +181,8 @@ def test_zero_terminal_snr_uses_core_model_sampling(comfy, parts):
 
 def test_bad_inputs_name_the_problem(comfy, parts):
     import folder_paths
-    from harness.fixtures import tiny_unet_config
-    wrong_cn = dict(parts, control=_tiny_controlnet(tiny_unet_config(model_channels=64)))
+    from harness.fixtures import tiny_controlnet, tiny_unet_config
+    wrong_cn = dict(parts, control=tiny_controlnet(tiny_unet_config(model_channels=64)))
     with pytest.raises(ValueError, match="control_net: .*another backbone.*model_channels 64 vs backbone 32"):
         _stack(comfy, wrong_cn, _fresh(comfy, parts), _images())
     folder = folder_paths.get_folder_paths("animatediff_models")[0]
