@@ -18,6 +18,7 @@ import torch
 import comfy.ldm.modules.attention as comfy_attention
 
 from . import tokenflow as tf
+from .token_store import TokenStore
 
 def attention_layers(diffusion_model) -> list[tuple[str, int, int]]:
     """Every self-attention layer as ComfyUI's attn1_replace keys ``(block, number, index)``."""
@@ -60,16 +61,17 @@ class TokenFlowState:
     src_context: torch.Tensor | None = None
     source_done: bool = False
     plan: tf.ChunkPlan | None = None
-    key_src: dict = field(default_factory=dict)  # layer -> [K, L, C] source attention inputs
-    key_out: dict = field(default_factory=dict)  # (cond_or_uncond, layer) -> [K, L, C] edited outputs
+    # the step's keyframe tokens, read by every chunk: ("src", layer) source attention inputs,
+    # ("out", cond_or_uncond, layer) edited outputs, ("q" | "k", layer) source PnP q/k; [K, L, C]
+    store: TokenStore = field(default_factory=TokenStore)
     frame_src: dict = field(default_factory=dict)  # layer -> [B, L, C] of the chunk
-    src_qk: dict = field(default_factory=dict)  # layer -> (q, k) of the last source pass
+    src_qk: dict = field(default_factory=dict)  # layer -> (q, k) of the chunk's source pass
     src_conv: torch.Tensor | None = None
     nn_cache: dict = field(default_factory=dict)
     split_groups: bool = True  # keyframe pass: one conditioning group per UNet call (same result, half the peak)
 
     def clear_step(self):
-        self.key_src.clear(), self.key_out.clear(), self.frame_src.clear(), self.src_qk.clear()
+        self.store.clear(), self.frame_src.clear(), self.src_qk.clear()
         self.nn_cache.clear()
         self.src_conv = None
 
@@ -78,7 +80,10 @@ class TokenFlowState:
         """Keeps the self-attention input tokens of the source pass (the NN features)."""
         if self.phase == "source":
             layer = _layer_key(extra_options)
-            (self.key_src if self.target == "keys" else self.frame_src)[layer] = n.detach()
+            if self.target == "keys":
+                self.store.put(("src", layer), n)
+            else:
+                self.frame_src[layer] = n.detach()
         return n, context, value
 
     def attn1_replace(self, q, k, v, extra_options):
@@ -87,10 +92,14 @@ class TokenFlowState:
         labels = list(extra_options.get("cond_or_uncond") or [0])
         if self.phase == "source":
             if self.inject_attn and layer in self.pnp_attn:
-                self.src_qk[layer] = (q.detach(), k.detach())
+                if self.target == "keys":
+                    self.store.put(("q", layer), q), self.store.put(("k", layer), k)
+                elif not self.propagate:  # propagated frames never use their own q/k
+                    self.src_qk[layer] = (q.detach(), k.detach())
             return _attention(q, k, v, heads, extra_options)
-        inject = self.inject_attn and layer in self.pnp_attn and layer in self.src_qk
+        inject = self.inject_attn and layer in self.pnp_attn
         if self.phase == "keyframes":
+            inject = inject and ("q", layer) in self.store
             parts = len(labels)
             kf = q.shape[0] // parts
             outs = []
@@ -98,17 +107,17 @@ class TokenFlowState:
                 sl = slice(p * kf, (p + 1) * kf)
                 qp, kp, vp = q[sl], k[sl], v[sl]
                 if inject:
-                    qp, kp = self.src_qk[layer]
+                    qp, kp = self.store.get(("q", layer)), self.store.get(("k", layer))
                 if self.extended:
                     o = tf.extended_attention(qp, kp, vp, heads, self.frames_per_chunk)
                 else:
                     o = _attention(qp, kp, vp, heads, extra_options)
-                self.key_out[(label, layer)] = o
+                self.store.put(("out", label, layer), o)
                 outs.append(o)
             return torch.cat(outs) if len(outs) > 1 else outs[0]
         if self.phase == "frames" and self.propagate:
             return self._propagated(layer, labels, q.dtype)
-        if self.phase == "frames" and inject:  # per-frame PnP (no propagation)
+        if self.phase == "frames" and inject and layer in self.src_qk:  # per-frame PnP (no propagation)
             qs, ks = self.src_qk[layer]
             parts = q.shape[0] // qs.shape[0]
             q, k = qs.repeat(parts, 1, 1), ks.repeat(parts, 1, 1)
@@ -117,14 +126,14 @@ class TokenFlowState:
     def _propagated(self, layer, labels, dtype):
         plan = self.plan
         if layer not in self.nn_cache:  # the NN fields are the same for cond and uncond
-            ks = self.key_src[layer][plan.slots]
+            ks = self.store.rows(("src", layer), plan.slots)
             src = self.frame_src[layer]
             self.nn_cache[layer] = (tf.nearest_neighbour_field(src, ks[plan.prev_local]),
                                     tf.nearest_neighbour_field(src, ks[plan.next_local]))
         nn_prev, nn_next = self.nn_cache[layer]
         outs = []
         for label in labels:
-            ke = self.key_out[(label, layer)][plan.slots]
+            ke = self.store.rows(("out", label, layer), plan.slots)
             outs.append(tf.propagate_tokens(ke, nn_prev, nn_next, plan.prev_local, plan.next_local, plan.w_next))
         return (torch.cat(outs) if len(outs) > 1 else outs[0]).to(dtype)
 

@@ -21,7 +21,10 @@ Source tokens are *recomputed* by the source pass, never stored across steps: a 
 self-attention inputs over all SD1.5 layers are ~11.5 M floats (46 MB fp32) per step at 512^2,
 i.e. ~550 GB for 240 frames x 50 steps, while recomputing costs one cond-only UNet pass per
 frame and step (the official code does the same: the source is an extra batch part). Only the
-current step's keyframe tokens are held (they are shared by every chunk of the step).
+current step's keyframe tokens are held (they are shared by every chunk of the step), in a
+``token_store.TokenStore``: on a clip longer than one chunk they are offloaded (``keyframe_store``
+"auto": to a temp file when the CPU computes, to CPU memory from a GPU), so the peak is one
+chunk's, not n/8 keyframes' tokens; each chunk reads back only its adjacent keyframes.
 
 The patches (``nodes_tokenflow_patches``: attn1_patch, attn1_replace on every self-attention
 layer, a unet function wrapper, an object patch on the PnP ResBlock's ``out_layers``) live on a
@@ -36,12 +39,14 @@ import comfy.k_diffusion.sampling
 import comfy.model_management
 import comfy.samplers
 import comfy.utils
+import folder_paths
 from comfy_api.v0_0_2 import io
 
 from . import tokenflow as tf
 from .nodes_tokenflow import (CATEGORY, FrameSelector, Inversion, TokenFlowInversion, check_model_sampling,
                               model_id)
 from .nodes_tokenflow_patches import TokenFlowState, patch_model
+from .token_store import TokenStore, choose_place
 
 DETERMINISTIC_SAMPLERS = ("sample_euler", "sample_ddim")  # what ksampler("euler") / "ddim" wrap
 
@@ -189,6 +194,7 @@ def tokenflow_sample(model, positive, negative, cfg: float, inv: Inversion, star
             if state is not None:
                 state.phase, state.src_latent = "off", None
                 state.clear_step()
+                state.store.close()
         return x
 
     zeros = torch.zeros_like(start_latent)
@@ -244,6 +250,12 @@ class KeyframeSampler(io.ComfyNode):
                 io.Int.Input("frames_per_chunk", default=16, min=1, max=4096,
                              tooltip="Frames denoised at once (and keyframes per attention chunk). Lower it if "
                                      "memory runs out; keyframes are shared across chunks, so there are no seams."),
+                io.Combo.Input("keyframe_store", options=["auto", "memory", "disk"], default="auto",
+                               tooltip="Where a step keeps its keyframes' tokens (~35 MB per keyframe at 256x256, "
+                                       "~140 MB at 512x512). auto: in memory when the clip fits one chunk, otherwise "
+                                       "offloaded (a temp file in ComfyUI's temp folder on CPU, CPU RAM from a GPU), "
+                                       "so long clips need no more memory than short ones; memory: always where the "
+                                       "model runs (fastest); disk: always a temp file. The result is the same."),
                 io.Sigmas.Input("sigmas", optional=True,
                                 tooltip="Optional check: must equal the inversion's sigmas (same steps/scheduler)."),
                 io.Sampler.Input("sampler", optional=True,
@@ -258,8 +270,8 @@ class KeyframeSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, inversion, cfg, keyframe_interval, keyframes, seed, propagation,
-                extended_attention, pnp_f_t, pnp_attn_t, denoise, frames_per_chunk, sigmas=None, sampler=None,
-                start_latent=None) -> io.NodeOutput:
+                extended_attention, pnp_f_t, pnp_attn_t, denoise, frames_per_chunk, keyframe_store="auto",
+                sigmas=None, sampler=None, start_latent=None) -> io.NodeOutput:
         check_model_sampling(model)
         check_sampler(sampler)
         check_inversion(inversion, model, sigmas, start_latent)
@@ -280,8 +292,10 @@ class KeyframeSampler(io.ComfyNode):
         pnp = (pnp_f_t > 0 or pnp_attn_t > 0)
         state, work = None, model  # all features off: plain DDIM on the unpatched model
         if propagation or extended_attention or pnp:
+            place = choose_place(keyframe_store, n, frames_per_chunk, comfy.model_management.get_torch_device())
             state = TokenFlowState(propagate=propagation, extended=extended_attention,
-                                   frames_per_chunk=frames_per_chunk, src_context=inversion.source_context)
+                                   frames_per_chunk=frames_per_chunk, src_context=inversion.source_context,
+                                   store=TokenStore(place, folder_paths.get_temp_directory()))
             work = patch_model(model, state, pnp)
         samples = tokenflow_sample(work, positive, negative, cfg, inversion, start, start_latent, state,
                                    frames_per_chunk, keyframe_interval, keyframes, seed, pnp_f_t, pnp_attn_t)

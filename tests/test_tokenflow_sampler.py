@@ -127,6 +127,28 @@ def test_tokenflow_changes_the_result_and_is_chunk_invariant(tiny, nodes, invert
     assert not torch.equal(other, whole)
 
 
+def test_keyframe_tokens_on_disk_give_the_same_edit(tiny, nodes, inverted, tmp_path, monkeypatch):
+    """A clip longer than one chunk offloads the step's keyframe tokens (keyframe_store auto ->
+    a temp file on CPU); the edit is bit-identical to keeping them in memory, and the temp file
+    is gone (unlinked at creation) when the node returns."""
+    import sys
+    _, model, conds = tiny
+    _, sampler = nodes
+    inv, _ = inverted
+    mod = sys.modules[sampler.__module__]
+    monkeypatch.setattr(mod.folder_paths, "get_temp_directory", lambda: str(tmp_path))
+    store = sys.modules[mod.__name__.replace("nodes_tokenflow_sampler", "token_store")]
+    places, init = [], store.TokenStore.__init__
+    monkeypatch.setattr(store.TokenStore, "__init__", lambda self, place="device", folder=None: (
+        places.append(place), init(self, place, folder))[-1])
+    in_memory = _sample(sampler, model, conds, inv, frames_per_chunk=2, keyframe_store="memory")
+    auto = _sample(sampler, model, conds, inv, frames_per_chunk=2)
+    on_disk = _sample(sampler, model, conds, inv, frames_per_chunk=2, keyframe_store="disk")
+    assert places == ["device", "disk", "disk"]
+    assert torch.equal(auto, in_memory) and torch.equal(on_disk, in_memory)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_keyframe_pass_one_group_at_a_time_is_the_same_computation(tiny, nodes, inverted, monkeypatch):
     """The keyframe pass runs cond and uncond as separate UNet calls (half the peak on long clips):
     extended attention never joins the two groups, so the edit equals the joint batch's."""
