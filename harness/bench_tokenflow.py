@@ -13,12 +13,15 @@ editing with core nodes, and peak RAM at 16 / 64 / 240 frames.
   grid, ~500 steps, sampled back in 50) vs ours (few steps + fixed-point refinement).
 - Wall time per frame at ``size`` (one run each, same process, same inversion): the Keyframe
   Sampler vs core KSamplerAdvanced (ddim, no added noise) on the inverted latent, per-frame.
-- Peak RAM: one worker process per frame count (the RSS high-water mark only rises). After the
-  model is loaded and a 1-frame warm-up ran, the latents and an inversion store are allocated,
-  the high-water mark is reset, and one sampling step runs: the keyframe pass over all
-  keyframes and ``chunks`` chunk passes (then it is cancelled through ComfyUI's own interrupt,
-  from the progress hook: later chunks are the same computation on other frames, so the peak
-  is reached). Reported: peak above the RSS at the reset.
+- Peak RAM: one worker process per frame count (the RSS high-water mark only rises), with a
+  fixed 128 KiB mmap threshold so freed tensors leave the RSS. After the model is loaded and a
+  1-frame warm-up ran, the latents and an inversion store are allocated, the high-water mark is
+  reset, and the first step of a 2-step edit runs (a PnP step, the heaviest): the keyframe pass
+  over all keyframes and ``chunks`` chunk passes (then it is cancelled through ComfyUI's own
+  interrupt, from the progress hook: later chunks are the same computation on other frames, so
+  the peak is reached). Reported: peak above the RSS at the reset, with the default
+  ``keyframe_store`` (auto) at every length and with ``memory`` at the longest.
+- ``--worker full --frames N --steps S``: inverts and edits a whole clip end to end, no cancel.
 """
 from __future__ import annotations
 
@@ -135,7 +138,7 @@ def reconstruction_rows(size: int = 256, frames: int = 8) -> tuple[list[list[str
 
 # ---------------------------------------------------------------------------- workers
 
-def _worker(job: str, frames: int, size: int, steps: int, chunks: int, fpc: int) -> dict:
+def _worker(job: str, frames: int, size: int, steps: int, chunks: int, fpc: int, store: str = "auto") -> dict:
     from .bench import BENCH_BASE
     from .embedded import boot_in_process, use_comfy
     use_comfy(BENCH_BASE)
@@ -152,9 +155,23 @@ def _worker(job: str, frames: int, size: int, steps: int, chunks: int, fpc: int)
     out = {"job": job, "frames": frames, "size": size}
 
     def sample(inv, n_fpc):
-        return sampler.execute(model, pos, neg, inv, 7.5, 8, "random", 0, True, True, 0.8, 0.5, 1.0, n_fpc).result[0]
+        return sampler.execute(model, pos, neg, inv, 7.5, 8, "random", 0, True, True, 0.8, 0.5, 1.0, n_fpc,
+                               keyframe_store=store).result[0]
 
     with torch.inference_mode():
+        if job == "full":  # the whole clip, inverted and edited end to end (no cancel)
+            latent = {"samples": torch.randn(frames, 4, lat, lat, generator=g)}
+            base = _vm("VmRSS")
+            _reset_peak()
+            t = time.perf_counter()
+            inv, _ = inverter.execute(model, src, latent, steps, "ddim_uniform", 0, fpc).result
+            out["invert_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            edited = sample(inv, fpc)["samples"]
+            out.update(tokenflow_s=time.perf_counter() - t, extra_bytes=_vm("VmHWM") - base,
+                       store_bytes=inv.trajectory.numel() * 4, steps=inv.steps, finite=bool(edited.isfinite().all()),
+                       shape=list(edited.shape))
+            return out
         if job == "time":
             latent = {"samples": torch.randn(frames, 4, lat, lat, generator=g)}
             t = time.perf_counter()
@@ -170,13 +187,14 @@ def _worker(job: str, frames: int, size: int, steps: int, chunks: int, fpc: int)
             out["steps"] = inv.steps
             return out
         # memory: warm-up on 1 frame, then one step on `frames` frames, cancelled after the
-        # keyframe pass and `chunks` chunks
+        # keyframe pass and `chunks` chunks. Two inversion steps, so the measured first step is a
+        # PnP step (conv features and q/k injected: int(2 * 0.8) = int(2 * 0.5) = 1), the heaviest.
         one = {"samples": torch.randn(1, 4, lat, lat, generator=g)}
-        inv1, _ = inverter.execute(model, src, one, 1, "ddim_uniform", 0, 1).result
+        inv1, _ = inverter.execute(model, src, one, 2, "ddim_uniform", 0, 1).result
         sample(inv1, 1)
         traj = torch.randn(inv1.trajectory.shape[0], frames, 4, lat, lat, generator=g)  # the inversion store
         inv = type(inv1)(traj, inv1.sigmas, inv1.fingerprint, 0, inv1.scheduler, inv1.model_id, inv1.source_context)
-        store = traj.numel() * 4
+        traj_bytes = traj.numel() * 4
         base = _vm("VmRSS")
         _reset_peak()
         seen = {"n": 0}
@@ -194,15 +212,24 @@ def _worker(job: str, frames: int, size: int, steps: int, chunks: int, fpc: int)
         finally:
             mm.interrupt_current_processing(False)
             comfy.utils.set_progress_bar_global_hook(None)
-        out.update(seconds=time.perf_counter() - t, extra_bytes=_vm("VmHWM") - base, store_bytes=store,
+        out.update(seconds=time.perf_counter() - t, extra_bytes=_vm("VmHWM") - base, store_bytes=traj_bytes,
                    chunks_run=seen["n"], cancelled_after=seen["n"])
         return out
 
 
-def _run_worker(job: str, frames: int, size: int, steps: int = 1, chunks: int = 2, fpc: int = 16) -> dict:
+def _run_worker(job: str, frames: int, size: int, steps: int = 1, chunks: int = 2, fpc: int = 16,
+                store: str = "auto") -> dict:
     cmd = [sys.executable, "-m", "harness.bench_tokenflow", "--worker", job, "--frames", str(frames), "--size", str(size),
-           "--steps", str(steps), "--chunks", str(chunks), "--fpc", str(fpc)]
-    out = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, env=os.environ.copy())
+           "--steps", str(steps), "--chunks", str(chunks), "--fpc", str(fpc), "--store", store]
+    env = os.environ.copy()
+    if job in ("memory", "full"):
+        # every block >= 128 KiB is its own mapping, returned when freed: the RSS high-water mark is
+        # then the peak of live tensors, not of a heap that never shrinks (the bench's default
+        # no-return setting made this table's rows wander by +-0.9 GB from run to run)
+        for key in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"):
+            env.pop(key, None)
+        env["MALLOC_MMAP_THRESHOLD_"] = "131072"
+    out = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"bench worker {job}/{frames} failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -250,35 +277,41 @@ def _time_table(size: int, time_frames: int, time_steps: int, fpc: int, threads:
 
 
 def _memory_table(lengths, msize: int, fpc: int, chunks: int, threads: str) -> str:
+    """Rows at each length with the default keyframe_store (auto), and the longest once more with
+    the keyframe tokens kept in memory, to show what the offload saves."""
+    runs = [(k, "auto") for k in lengths] + [(lengths[-1], "memory")]
     mem = {}
-    for k in lengths:
-        mem[k] = _run_worker("memory", k, msize, chunks=chunks, fpc=fpc)
-        print(f"[bench tokenflow] memory {k} frames: {json.dumps(mem[k])}", flush=True)
+    for k, store in runs:
+        mem[k, store] = _run_worker("memory", k, msize, chunks=chunks, fpc=fpc, store=store)
+        print(f"[bench tokenflow] memory {k} frames, keyframe_store {store}: {json.dumps(mem[k, store])}", flush=True)
     mib = 1 / 2**20
-    rows = [[k, f"{m['extra_bytes'] * mib:.0f}", f"{m['store_bytes'] * mib:.0f}", m["chunks_run"]] for k, m in mem.items()]
+    rows = [[k, store, f"{m['extra_bytes'] * mib:.0f}", f"{m['store_bytes'] * mib:.0f}", m["chunks_run"]]
+            for (k, store), m in mem.items()]
     lo, hi = lengths[0], lengths[-1]
-    ratio = mem[hi]["extra_bytes"] / max(1, mem[lo]["extra_bytes"])
-    rows.append([f"{hi} vs {lo} frames", f"{ratio:.2f}x (bar 1.25x)", "", ""])
+    ratio = mem[hi, "auto"]["extra_bytes"] / max(1, mem[lo, "auto"]["extra_bytes"])
+    rows.append([f"{hi} vs {lo} frames", "auto", f"{ratio:.2f}x (bar 1.25x)", "", ""])
     return print_table(
-        f"Peak RAM of one Keyframe Sampler step (keyframe pass + {chunks} chunk(s)) above model + latents + inversion "
-        f"store, {msize}x{msize}, frames_per_chunk {fpc} ({threads})",
-        ["frames", "peak extra MiB", "inversion store MiB", "chunks run"], rows)
+        f"Peak RAM of one Keyframe Sampler PnP step (keyframe pass + {chunks} chunk(s)) above model + latents + "
+        f"inversion store, {msize}x{msize}, frames_per_chunk {fpc} ({threads})",
+        ["frames", "keyframe_store", "peak extra MiB", "inversion store MiB", "chunks run"], rows)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--worker", choices=["time", "memory"])
+    ap.add_argument("--worker", choices=["time", "memory", "full"],
+                    help="full: invert and edit the whole clip (--frames, --steps) and print its time and peak")
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--chunks", type=int, default=2)
     ap.add_argument("--fpc", type=int, default=16)
+    ap.add_argument("--store", default="auto", choices=["auto", "memory", "disk"], help="the sampler's keyframe_store")
     ap.add_argument("--parts", default="time,memory",
                     help="without --worker: run these tables (time, memory: they need no in-process ComfyUI)")
     ap.add_argument("--lengths", default="16,64,240", help="frame counts of the memory table")
     a = ap.parse_args()
     if a.worker:
-        print(json.dumps(_worker(a.worker, a.frames, a.size, a.steps, a.chunks, a.fpc)), flush=True)
+        print(json.dumps(_worker(a.worker, a.frames, a.size, a.steps, a.chunks, a.fpc, a.store)), flush=True)
         return
     parts = a.parts.split(",")
     if not set(parts) <= {"time", "memory"}:
