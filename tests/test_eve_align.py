@@ -136,7 +136,14 @@ def test_only_the_lora_and_discriminator_heads_change(stack):
     assert _hash(_frozen(stack)) == before, "a frozen weight (backbone, ControlNet or video adapter) changed"
     for name, t in _frozen(stack).items():
         assert not getattr(t, "requires_grad", False) or t.grad is None, f"gradient reached {name}"
-    assert all(d.up.abs().max() > 0 for d in a.deltas.values()), "a LoRA delta did not move"
+    still = {k for k, d in a.deltas.items() if not d.up.abs().max() > 0}
+    # at 32x32 pixels the middle block works on 1x1 latent tokens: softmax over a single key is 1
+    # whatever q and k are, so that self-attention's q/k LoRA gets exactly zero gradient (whether
+    # the attention kernel returns exact zeros or float dust depends on the backend); every other
+    # delta must move
+    one_token_qk = {k for k in a.deltas if "middle_block" in k and (".attn1.to_q." in k or ".attn1.to_k." in k)}
+    assert still <= one_token_qk, f"LoRA deltas did not move: {sorted(still - one_token_qk)}"
+    assert len(a.deltas) - len(one_token_qk) > 100
     assert {k.split(".")[0] for k in initial} == {"d_edit", "d_video"}
     assert all(torch.equal(initial[k], at_1[k]) for k in initial), "heads moved in the SDS-only phase"
     moved = {k.split(".")[0] for k, v in heads().items() if not torch.equal(initial[k], v)}
