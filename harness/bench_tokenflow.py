@@ -222,7 +222,7 @@ def _run_worker(job: str, frames: int, size: int, steps: int = 1, chunks: int = 
     cmd = [sys.executable, "-m", "harness.bench_tokenflow", "--worker", job, "--frames", str(frames), "--size", str(size),
            "--steps", str(steps), "--chunks", str(chunks), "--fpc", str(fpc), "--store", store]
     env = os.environ.copy()
-    if job in ("memory", "full"):
+    if job == "memory":
         # every block >= 128 KiB is its own mapping, returned when freed: the RSS high-water mark is
         # then the peak of live tensors, not of a heap that never shrinks (the bench's default
         # no-return setting made this table's rows wander by +-0.9 GB from run to run)

@@ -15,6 +15,7 @@ returns the selected keyframes, ``get(name)`` all of them, on ``device``.
 """
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 
@@ -82,10 +83,7 @@ class TokenStore:
 
     def _read(self, item, index):
         offset, shape, dtype, device = item
-        row_elems = 1
-        for s in shape[1:]:
-            row_elems *= s
-        row_bytes = row_elems * torch.empty((), dtype=dtype).element_size()
+        row_bytes = math.prod(shape[1:]) * torch.empty((), dtype=dtype).element_size()
         picks = range(shape[0]) if index is None else [int(i) for i in index]
         out = torch.empty((len(picks), *shape[1:]), dtype=dtype)
         buf = out.view(-1).view(torch.uint8).numpy()

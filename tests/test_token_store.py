@@ -6,16 +6,11 @@ import os
 import pytest
 import torch
 
-from videoedit.nodes import token_store as ts
-
-
-@pytest.fixture
-def token_store():
-    return ts
+from videoedit.nodes import token_store
 
 
 @pytest.mark.parametrize("place", ["device", "cpu", "disk"])
-def test_rows_and_whole_tensors_come_back_exactly(token_store, place, tmp_path):
+def test_rows_and_whole_tensors_come_back_exactly(place, tmp_path):
     g = torch.Generator().manual_seed(0)
     store = token_store.TokenStore(place, str(tmp_path))
     tensors = {("src", 0): torch.randn(5, 7, 3, generator=g),
@@ -44,7 +39,7 @@ def test_rows_and_whole_tensors_come_back_exactly(token_store, place, tmp_path):
     store.close()
 
 
-def test_a_stored_tensor_is_a_copy_not_a_view(token_store, tmp_path):
+def test_a_stored_tensor_is_a_copy_not_a_view(tmp_path):
     """The edited keyframe outputs go on through the UNet; what was stored must not change."""
     for place in ("cpu", "disk"):
         store = token_store.TokenStore(place, str(tmp_path))
@@ -55,7 +50,7 @@ def test_a_stored_tensor_is_a_copy_not_a_view(token_store, tmp_path):
         store.close()
 
 
-def test_auto_offloads_only_clips_longer_than_a_chunk(token_store):
+def test_auto_offloads_only_clips_longer_than_a_chunk():
     choose = token_store.choose_place
     assert choose("auto", 16, 16, torch.device("cpu")) == "device"
     assert choose("auto", 17, 16, torch.device("cpu")) == "disk"
