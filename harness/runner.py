@@ -8,7 +8,7 @@ layout and this pack linked into custom_nodes. If no TAESD files are found there
 $VIDEOEDIT_EXTRA_MODEL_PATHS, an extra_model_paths.yaml passed to ComfyUI), random-weight
 TAESD fixtures are linked so the pipeline can be tried; their output is noise.
 
-Headless: WORKFLOW is a path or the name of a file in workflows/ (with or without .json).
+Headless: WORKFLOW is a path or the name of a file in example_workflows/ (with or without .json).
 IN is copied into the base's input folder, every LoadVideo is pointed at it, the
 overrides are applied, and the first video the workflow saves is written to OUT.
 """
@@ -29,7 +29,7 @@ from .embedded import REPO_ROOT
 import_pack()
 from videoedit.nodes.atomic_file import atomic_write_bytes  # noqa: E402
 
-WORKFLOWS_DIR = REPO_ROOT / "workflows"
+WORKFLOWS_DIR = REPO_ROOT / "example_workflows"
 TAESD_PREFIXES = ("taesd", "taef1")
 
 
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     sp = sub.add_parser("serve", help="start ComfyUI (foreground), or run one workflow with --headless")
     sp.add_argument("--port", type=int, default=None, help="port (default 8188; headless: a free one)")
     sp.add_argument("--base", default=None, help="ComfyUI base directory (default $VIDEOEDIT_BASE or .comfy/base)")
-    sp.add_argument("--headless", metavar="WORKFLOW", help="run this workflow (path or name in workflows/) and exit")
+    sp.add_argument("--headless", metavar="WORKFLOW", help="run this workflow (path or name in example_workflows/) and exit")
     sp.add_argument("--video", type=Path, help="headless: input video for every LoadVideo")
     sp.add_argument("--out", type=Path, help="headless: where to write the first saved video")
     sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE",

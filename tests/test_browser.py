@@ -14,7 +14,7 @@ from harness.workflow_api import to_api
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = ROOT / "out" / "screenshots"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -113,7 +113,7 @@ def test_loss_chart_draws_a_real_training_run(page, comfy_server, sample_clip):
     the server's per-step videoedit.training messages reach the extension over the websocket,
     and the chart widget on the trainer node holds one finite loss per step and draws them all."""
     steps = 3
-    path = ROOT / "workflows" / "movie_cfg_distill_train.json"
+    path = ROOT / "example_workflows" / "movie_cfg_distill_train.json"
     wf = json.loads(path.read_text())
     trainer = next(n["id"] for n in wf["nodes"] if n["type"] == "VideoEditCFGDistillTrain")
     page.evaluate("async (wf) => { await window.app.loadGraphData(wf, true, true, null); }", wf)

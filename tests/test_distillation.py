@@ -106,7 +106,8 @@ def test_v_from_eps_is_the_v_parameterisation():
     # For x_t = a x0 + s eps with a^2 + s^2 = 1: x0 = a x_t - s v and eps = s x_t + a v.
     g = torch.Generator().manual_seed(4)
     x0, eps = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)
-    a = math.cos(0.7); s = math.sin(0.7)
+    a = math.cos(0.7)
+    s = math.sin(0.7)
     v = D.v_from_eps(eps, x0, a, s)
     xt = a * x0 + s * eps
     assert torch.allclose(a * xt - s * v, x0, atol=1e-6)

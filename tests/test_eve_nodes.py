@@ -269,7 +269,7 @@ def test_shipped_eve_workflow_in_sliding_windows(comfy_server, object_info, samp
     from pathlib import Path
     from harness.sample_clip import read_video
     from harness.workflow_api import apply_overrides, to_api
-    wf = Path(__file__).resolve().parent.parent / "workflows" / "eve_plug_and_play_edit.json"
+    wf = Path(__file__).resolve().parent.parent / "example_workflows" / "eve_plug_and_play_edit.json"
     prompt = to_api(json.loads(wf.read_text()), object_info)
     stacker = next(nid for nid, n in prompt.items() if n["class_type"] == "VideoEditEVEAdapterStacker")
     assert prompt[stacker]["inputs"]["context_length"] == 8  # EVE's window

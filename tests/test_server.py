@@ -36,12 +36,12 @@ def test_object_info_lists_our_nodes(object_info):
 
 def test_workflow_templates_serve_our_workflows(comfy_server):
     listing = comfy_server.get_json("/api/workflow_templates")
-    shipped = sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
-    assert shipped, "workflows/ holds no template"
+    shipped = sorted(p.stem for p in (ROOT / "example_workflows").glob("*.json"))
+    assert shipped, "example_workflows/ holds no template"
     assert sorted(listing.get("ComfyUI-VideoEdit", [])) == shipped, listing
     for name in shipped:
         served = comfy_server.get_json(f"/api/workflow_templates/ComfyUI-VideoEdit/{name}.json")
-        assert served == json.loads((ROOT / "workflows" / f"{name}.json").read_text())
+        assert served == json.loads((ROOT / "example_workflows" / f"{name}.json").read_text())
 
 
 def test_invalid_prompt_is_refused_with_the_servers_message(comfy_server):

@@ -10,7 +10,7 @@ import pytest
 from harness.workflow_api import WorkflowError, apply_overrides, parse_override, to_api, widget_values
 
 ROOT = Path(__file__).resolve().parent.parent
-ROUNDTRIP = ROOT / "workflows" / "taesd_video_roundtrip.json"
+ROUNDTRIP = ROOT / "example_workflows" / "taesd_video_roundtrip.json"
 
 
 def _wf(nodes, links):

@@ -16,7 +16,7 @@ from harness.sample_clip import read_video
 from harness.workflow_api import apply_overrides, to_api
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
 
 
 def test_there_are_workflows():

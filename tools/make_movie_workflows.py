@@ -72,7 +72,7 @@ def build(name, title, nodes, note, comfy):
     wf = {"last_node_id": nid, "last_link_id": link_id, "nodes": ui_nodes, "links": links,
           "groups": [{"id": 1, "title": title, "bounding": [-20, -500, 2100, 60], "color": "#3f789e", "font_size": 24,
                       "flags": {}}], "config": {}, "extra": {"ds": {"scale": 0.6, "offset": [100, 560]}}, "version": 0.4}
-    (ROOT / "workflows" / f"{name}.json").write_text(json.dumps(wf, indent=1) + "\n")
+    (ROOT / "example_workflows" / f"{name}.json").write_text(json.dumps(wf, indent=1) + "\n")
 
 
 WEIGHTS = ("Real weights (the shipped names are random test fixtures): models/checkpoints: an InstructPix2Pix "
@@ -167,7 +167,7 @@ def main():
           "The info output warns when a knob is outside the range the adapter was trained on.\n\n" + WEIGHTS +
           " models/videoedit_guidance: the adapter your CFG Distill (train) run saved (the shipped name is a "
           "random test fixture).\n\nThe template runs 3 steps; MoViE uses 10.", comfy)
-    (ROOT / "workflows").mkdir(exist_ok=True)
+    (ROOT / "example_workflows").mkdir(exist_ok=True)
 
 
 if __name__ == "__main__":
