@@ -1,34 +1,47 @@
 """UI-format workflows (what the canvas saves) -> API prompts (what POST /prompt takes).
 
-``to_api(workflow, object_info)`` does what the frontend's graphToPrompt does for the
-workflows this pack ships, using the node definitions from ``GET /object_info``:
+``to_api(workflow, object_info)`` does what the frontend's graphToPrompt does, reading every
+node's schema from ``GET /object_info`` rather than from a list of known widget types:
 
-- ``widgets_values`` are mapped, in order, onto the inputs object_info lists as widgets
-  (``input_order`` required then optional; INT/FLOAT/STRING/BOOLEAN/COMBO, not forceInput).
-  A widget fed by a link still holds a value in the list; it is consumed and the link wins.
-- After an INT widget with ``control_after_generate`` (V3/object_info option; legacy: an INT
-  named seed/noise_seed) the frontend stores the control value ("fixed", "randomize", ...);
-  it is skipped. A media combo with an upload button (``image_upload``/``video_upload``...)
-  stores the button's value ("image") after the required widgets; it is skipped too.
+- Which inputs are widgets: INT/FLOAT/STRING/BOOLEAN/COMBO (or a list of choices), V3 dynamic
+  combos (``COMFY_DYNAMICCOMBO_V3``), inputs the schema marks ``socketless`` (a widget with no
+  socket, e.g. V3 VIDEO_EDIT) or gives a ``widgetType``, and inputs the saved node itself marks
+  as widget sockets (custom widget types of other packs); ``forceInput`` inputs are sockets.
+- Their order: ``input_order`` required then optional (``hidden`` inputs are not widgets).
+- A dynamic combo's value picks one of its options; that option's inputs follow it at once,
+  named ``<combo>.<input>`` (nested combos recurse, depth first), and are sent flat under those
+  dotted names, which the server folds back into a dict.
+- ``widgets_values_named`` (written next to ``widgets_values`` by frontends from 1.49.6 on, from
+  the same widgets) is read by name; otherwise ``widgets_values`` by position. A widget the
+  saved list does not reach keeps its schema default, as it does in the canvas.
+- After a widget with ``control_after_generate`` (schema option; legacy: an INT named
+  seed/noise_seed) the frontend stores the control mode ("fixed", "randomize", ...), and after
+  a COMBO also the control's filter text; both are skipped. A media combo with an upload button
+  (``image_upload``/``video_upload``...) stores the button's value ("image") after the widgets;
+  it is skipped wherever it stands, as a value no later widget can take.
 - Nodes without a backend class (Note, MarkdownNote, Reroute, PrimitiveNode) are left out:
   Reroutes are followed through, a PrimitiveNode's value is already in its target's widget.
 - Muted nodes (mode 2) are left out, with the links from them; bypassed nodes (mode 4) are
   left out and their consumers are connected to the bypassed node's input of the same type.
 
-``apply_overrides(prompt, ["NODE.input=value", ...])`` sets inputs by node id, title or class.
+``apply_overrides(prompt, ["NODE.input=value", ...])`` sets inputs by node id, title or class
+(dotted input names of dynamic combos work too: ``SaveVideo.format.codec=h264``).
 """
 from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from typing import Iterable
 
 VIRTUAL_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
+CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize", "increment-wrap"}
 LEGACY_SEED_NAMES = {"seed", "noise_seed"}
 UPLOAD_VALUES = {"image", "video", "audio", "upload", "animated_image"}
 MODE_MUTED, MODE_BYPASSED = 2, 4
+_MISSING = object()
 
 
 class WorkflowError(ValueError):
@@ -48,8 +61,46 @@ def _links(workflow: dict) -> dict[int, tuple[int, int, int, int, str]]:
     return out
 
 
-def _input_specs(node_def: dict) -> list[tuple[str, object, dict, bool]]:
-    """[(name, type, options, required)] in the order the frontend creates them."""
+@dataclass(frozen=True)
+class InputSpec:
+    """One input of a node's schema: its (full, dotted) name, type, options and section."""
+    name: str
+    type: object
+    opts: dict
+    required: bool
+
+    @property
+    def is_dynamic_combo(self) -> bool:
+        return self.type == DYNAMIC_COMBO
+
+    def default(self):
+        """The value the canvas gives a new widget of this input, or _MISSING if it has none."""
+        if "default" in self.opts:
+            return self.opts["default"]
+        choices = self.choices()
+        if choices:
+            return choices[0]
+        return {"BOOLEAN": False, "STRING": ""}.get(self.type, _MISSING) if isinstance(self.type, str) else _MISSING
+
+    def choices(self) -> list:
+        if isinstance(self.type, list):
+            return self.type
+        if self.is_dynamic_combo:
+            return [o.get("key") for o in self.opts.get("options") or []]
+        if self.type == "COMBO":
+            return list(self.opts.get("options") or [])
+        return []
+
+    def option_inputs(self, key) -> list["InputSpec"]:
+        """The inputs a dynamic combo shows for the option ``key``, named ``<combo>.<input>``."""
+        for option in self.opts.get("options") or []:
+            if option.get("key") == key:
+                return input_specs({"input": option.get("inputs") or {}}, prefix=self.name + ".")
+        return []
+
+
+def input_specs(node_def: dict, prefix: str = "") -> list[InputSpec]:
+    """The inputs of a schema in the order the frontend creates them (required, then optional)."""
     inputs = node_def.get("input") or {}
     order = node_def.get("input_order") or {}
     specs = []
@@ -63,52 +114,94 @@ def _input_specs(node_def: dict) -> list[tuple[str, object, dict, bool]]:
             spec = entries[name]
             typ = spec[0] if isinstance(spec, (list, tuple)) and spec else spec
             opts = spec[1] if isinstance(spec, (list, tuple)) and len(spec) > 1 and isinstance(spec[1], dict) else {}
-            specs.append((name, typ, opts, section == "required"))
+            specs.append(InputSpec(prefix + name, typ, opts, section == "required"))
     return specs
 
 
-def _is_widget(typ, opts: dict, ui_widget_names: set[str], name: str) -> bool:
-    if opts.get("forceInput"):
+def _is_widget(spec: InputSpec, ui_widget_names: set[str]) -> bool:
+    if spec.opts.get("forceInput"):
         return False
-    if isinstance(typ, list) or typ in WIDGET_TYPES:
+    if isinstance(spec.type, list) or spec.type in WIDGET_TYPES or spec.is_dynamic_combo:
         return True
-    return name in ui_widget_names  # a custom widget type the UI node declares
+    if spec.opts.get("socketless") or spec.opts.get("widgetType") in WIDGET_TYPES:
+        return True
+    return spec.name in ui_widget_names  # a custom widget type the saved node declares
 
 
-def _is_upload_combo(typ, opts: dict) -> bool:
-    return (isinstance(typ, list) or typ == "COMBO") and any(
-        k.endswith("_upload") and v for k, v in opts.items())
+def _is_upload_combo(spec: InputSpec) -> bool:
+    return (isinstance(spec.type, list) or spec.type == "COMBO") and any(
+        k.endswith("_upload") and v for k, v in spec.opts.items())
 
 
-def _has_control(name: str, typ, opts: dict) -> bool:
-    if "control_after_generate" in opts:
-        return bool(opts["control_after_generate"])
-    return typ == "INT" and name in LEGACY_SEED_NAMES
+def _has_control(spec: InputSpec) -> bool:
+    if "control_after_generate" in spec.opts:
+        return bool(spec.opts["control_after_generate"])
+    return spec.type == "INT" and spec.name in LEGACY_SEED_NAMES
+
+
+def _fits(spec: InputSpec, value) -> bool:
+    """Whether ``value`` can be this widget's value (tells an upload button's value apart)."""
+    choices = spec.choices()
+    return value in choices if choices else spec.type == "STRING"
+
+
+def _one_of(value, words: set[str]) -> bool:
+    return isinstance(value, str) and value in words
+
+
+class _Positional:
+    """A cursor over ``widgets_values``."""
+
+    def __init__(self, values: list):
+        self.values, self.pos = values, 0
+
+    def peek(self):
+        return self.values[self.pos] if self.pos < len(self.values) else _MISSING
+
+    def take(self):
+        value = self.peek()
+        if value is not _MISSING:
+            self.pos += 1
+        return value
 
 
 def widget_values(node: dict, node_def: dict) -> dict[str, object]:
-    """The widget inputs of a UI node, by name, from its ``widgets_values``."""
-    values = node.get("widgets_values")
+    """The widget inputs of a UI node, by (dotted) name, as the canvas holds them."""
     ui_widget_names = {i["name"] for i in node.get("inputs") or [] if i.get("widget")}
-    specs = [s for s in _input_specs(node_def) if _is_widget(s[1], s[2], ui_widget_names, s[0])]
-    if values is None:
-        return {}
+    specs = input_specs(node_def)
+    upload = any(_is_upload_combo(s) for s in specs)
+    named = node.get("widgets_values_named")
+    values = node.get("widgets_values")
     if isinstance(values, dict):  # some packs save widgets by name
-        return {name: values[name] for name, *_ in specs if name in values}
-    values = list(values)
-    out = {}
-    pos = 0
-    last_required = max((i for i, s in enumerate(specs) if s[3]), default=-1)
-    upload = any(_is_upload_combo(s[1], s[2]) for s in specs)
-    for i, (name, typ, opts, _required) in enumerate(specs):
-        if pos >= len(values):
-            break
-        out[name] = values[pos]
-        pos += 1
-        if _has_control(name, typ, opts) and pos < len(values) and values[pos] in CONTROL_VALUES:
-            pos += 1
-        if upload and i == last_required and pos < len(values) and values[pos] in UPLOAD_VALUES:
-            pos += 1
+        named = values
+    if not isinstance(named, dict):
+        named = None
+    cursor = _Positional(list(values) if isinstance(values, list) else []) if named is None else None
+    out: dict[str, object] = {}
+
+    def walk(level: list[InputSpec]) -> None:
+        for spec in level:
+            if not _is_widget(spec, ui_widget_names):
+                continue
+            if named is not None:
+                value = named.get(spec.name, _MISSING)
+            else:
+                if upload and _one_of(cursor.peek(), UPLOAD_VALUES) and not _fits(spec, cursor.peek()):
+                    cursor.pos = len(cursor.values)  # the upload button's value: it is the last widget
+                value = cursor.take()
+                if value is not _MISSING and _has_control(spec) and _one_of(cursor.peek(), CONTROL_VALUES):
+                    cursor.take()
+                    if spec.type == "COMBO" or isinstance(spec.type, list):
+                        cursor.take()  # the control's filter text (not sent to the server)
+            if value is _MISSING:
+                value = spec.default()
+                if value is _MISSING:
+                    continue  # no value and no default: the server names the missing input
+            out[spec.name] = value
+            if spec.is_dynamic_combo:
+                walk(spec.option_inputs(value))
+
+    walk(specs)
     return out
 
 
@@ -206,22 +299,46 @@ def parse_override(text: str) -> tuple[str, str, object]:
     return node, name, value
 
 
+def _all_input_names(specs: list[InputSpec]) -> set[str]:
+    """Every input name a schema can have, dynamic-combo options' inputs (dotted) included."""
+    names = set()
+    for spec in specs:
+        names.add(spec.name)
+        if spec.is_dynamic_combo:
+            for key in spec.choices():
+                names |= _all_input_names(spec.option_inputs(key))
+    return names
+
+
+def _find_nodes(prompt: dict, node: str) -> list[str]:
+    """Ids of the nodes ``node`` names: by id, else by title, else by class type."""
+    targets = [nid for nid in prompt if nid == node]
+    if not targets:
+        targets = [nid for nid, n in prompt.items() if (n.get("_meta") or {}).get("title") == node]
+    if not targets:
+        targets = [nid for nid, n in prompt.items() if n.get("class_type") == node]
+    return targets
+
+
 def apply_overrides(prompt: dict, overrides: Iterable[str], object_info: dict | None = None) -> dict:
     """Return a copy of ``prompt`` with each "NODE.input=value" applied.
 
     NODE is matched against node ids first, then titles (``_meta.title``), then class types;
-    every node of the first kind that matches is changed. Raises ValueError if no node
-    matches, or if a matched node has no such input.
+    every node of the first kind that matches is changed. An input name may itself hold dots
+    (a dynamic combo's inputs, "SaveVideo.format.codec=h264"): when no node is named by all
+    but the last part, the node name is tried shorter. Raises ValueError if no node matches,
+    or if a matched node has no such input.
     """
     prompt = copy.deepcopy(prompt)
     for text in overrides:
         node, name, value = parse_override(text)
-        targets = [nid for nid in prompt if nid == node]
+        targets = _find_nodes(prompt, node)
+        while not targets and "." in node:
+            node, rest = node.rsplit(".", 1)
+            name = f"{rest}.{name}"
+            targets = _find_nodes(prompt, node)
         if not targets:
-            targets = [nid for nid, n in prompt.items() if (n.get("_meta") or {}).get("title") == node]
-        if not targets:
-            targets = [nid for nid, n in prompt.items() if n.get("class_type") == node]
-        if not targets:
+            node = parse_override(text)[0]
             known = ", ".join(f"{nid} ({n.get('class_type')}, '{(n.get('_meta') or {}).get('title', '')}')"
                               for nid, n in prompt.items())
             raise ValueError(f"override '{text}': no node has id, title or class '{node}'; nodes: {known}")
@@ -229,7 +346,7 @@ def apply_overrides(prompt: dict, overrides: Iterable[str], object_info: dict | 
             n = prompt[nid]
             allowed = set(n["inputs"])
             if object_info and n["class_type"] in object_info:
-                allowed |= {s[0] for s in _input_specs(object_info[n["class_type"]])}
+                allowed |= _all_input_names(input_specs(object_info[n["class_type"]]))
             if name not in allowed:
                 raise ValueError(f"override '{text}': node {nid} ({n['class_type']}) has no input '{name}'; "
                                  f"its inputs: {', '.join(sorted(allowed))}")

@@ -1,4 +1,6 @@
-"""UI -> API workflow conversion (harness.workflow_api) against the real server's /object_info."""
+"""UI -> API workflow conversion (harness.workflow_api): against the embedded server's /object_info,
+and against current ComfyUI's core node definitions recorded in tests/data/ (what the newest
+frontend saves and sends for them was recorded from the frontend itself; see tests/data/README.md)."""
 from __future__ import annotations
 
 import copy
@@ -11,6 +13,17 @@ from harness.workflow_api import WorkflowError, apply_overrides, parse_override,
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDTRIP = ROOT / "example_workflows" / "taesd_video_roundtrip.json"
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def _data(name):
+    return json.loads((DATA / name).read_text())
+
+
+@pytest.fixture(scope="module")
+def core():
+    """object_info of current ComfyUI's KSampler, LoadVideo, GetVideoComponents, CreateVideo, SaveVideo."""
+    return _data("current_core_object_info.json")["object_info"]
 
 
 def _wf(nodes, links):
@@ -173,3 +186,119 @@ def test_overrides_that_match_nothing_fail_clearly(object_info):
     with pytest.raises(ValueError, match="NODE.INPUT=VALUE"):
         parse_override("frames_per_chunk=3")
     assert parse_override("My.Title.x=[1, 2]") == ("My.Title", "x", [1, 2])
+
+
+# ------------------------------------------------- current core (0.38.x) schemas, recorded
+
+
+def _plain(prompt):
+    return {nid: (n["class_type"], n["inputs"]) for nid, n in prompt.items()}
+
+
+def test_current_frontend_workflow_converts_to_what_the_frontend_sends(core):
+    """A workflow saved by the newest frontend over current core's nodes (dynamic-combo SaveVideo
+    with a nested codec and encoding, LoadVideo's optional VIDEO_EDIT widget and upload button,
+    CreateVideo's optional widgets, KSampler's control_after_generate) converts to exactly the
+    prompt that frontend's graphToPrompt sent, whether read by name or by position."""
+    wf, sent = _data("current_frontend_workflow.json"), _data("current_frontend_prompt.json")
+    assert to_api(wf, core) == sent
+    positional = copy.deepcopy(wf)
+    for node in positional["nodes"]:
+        node.pop("widgets_values_named", None)
+    assert to_api(positional, core) == sent
+    save = sent["4"]["inputs"]
+    assert save["format.codec.encoding.crf"] == 18 and save["format.codec"] == "h264"
+
+
+def legacy_prompt_as_meant(sent: dict, core: dict) -> dict:
+    """The newest frontend's prompt for legacy_saved_workflow.json, less its one slip: restoring
+    LoadVideo's [file, "image"] by position, it hands the upload button's "image" to the optional
+    VIDEO_EDIT widget that now stands between them (current core would then fail on
+    "edit": "image"); harness.workflow_api gives that widget its default instead."""
+    meant = copy.deepcopy(sent)
+    assert meant["1"]["inputs"]["edit"] == "image", "the frontend no longer slips here: drop this patch"
+    meant["1"]["inputs"]["edit"] = core["LoadVideo"]["input"]["optional"]["edit"][1]["default"]
+    return meant
+
+
+def test_older_saved_workflow_under_current_core(core):
+    """Our templates' shape (saved for ComfyUI 0.3.75: SaveVideo [prefix, format, codec] as plain
+    combos, LoadVideo [file, "image"], CreateVideo [fps]) under current core's schemas converts to
+    what the newest frontend sends after loading it (but for its LoadVideo slip, see above): the
+    old codec value lands on the nested format.codec, the hidden top-level codec and the new
+    optional widgets take their defaults."""
+    wf, sent = _data("legacy_saved_workflow.json"), _data("legacy_saved_prompt.json")
+    assert to_api(wf, core) == legacy_prompt_as_meant(sent, core)
+
+
+def _save_video(wv, inputs=()):
+    return _node(4, "SaveVideo", inputs=[{"name": "video", "type": "VIDEO", "link": None}, *inputs], wv=wv)
+
+
+def test_dynamic_combo_children_follow_the_selected_option(core):
+    save = core["SaveVideo"]
+    # webm offers auto and av1 only; av1's re-encode adds crf; the hidden top-level codec is last
+    assert widget_values(_save_video(["x", "webm", "av1", "re-encode", 30, "auto"]), save) == {
+        "filename_prefix": "x", "format": "webm", "format.codec": "av1", "format.codec.encoding": "re-encode",
+        "format.codec.encoding.crf": 30, "codec": "auto"}
+    # encoding "auto" has no inputs: the next value is the hidden top-level codec, not a crf; that
+    # codec's own (optional) encoding is past the saved list and takes its default, the first option
+    assert widget_values(_save_video(["x", "mkv", "h264", "auto", "h264"]), save) == {
+        "filename_prefix": "x", "format": "mkv", "format.codec": "h264", "format.codec.encoding": "auto",
+        "codec": "h264", "codec.encoding": "auto"}
+    # a short list: the missing widgets take the canvas defaults (first option)
+    assert widget_values(_save_video(["x", "mp4"]), save) == {
+        "filename_prefix": "x", "format": "mp4", "format.codec": "auto", "codec": "auto"}
+
+
+def test_a_link_into_a_dynamic_combo_child_wins(core):
+    nodes = [_node(1, "PrimitiveFloat", outputs=[{"name": "FLOAT", "type": "FLOAT", "links": [1]}]),
+             _save_video(["x", "mp4", "h264", "re-encode", 23, "auto"],
+                         inputs=[{"name": "format.codec.encoding.crf", "type": "FLOAT", "link": 1,
+                                  "widget": {"name": "format.codec.encoding.crf"}}])]
+    info = {**core, "PrimitiveFloat": {"input": {"required": {"value": ["FLOAT", {"default": 0.0}]}},
+                                       "output": ["FLOAT"]}}
+    prompt = to_api(_wf(nodes, [[1, 1, 0, 4, 1, "FLOAT"]]), info)
+    assert prompt["4"]["inputs"]["format.codec.encoding.crf"] == ["1", 0]
+
+
+def test_upload_value_is_skipped_wherever_it_stands(core):
+    load = core["LoadVideo"]
+    edit = load["input"]["optional"]["edit"][1]["default"]
+    trim = {"trim": {"start_time": 1.5, "duration": 2}, "crop": {"x": 0, "y": 0, "width": 0, "height": 0}}
+    # the newest frontend: the button is the last widget, after the optional VIDEO_EDIT one
+    assert widget_values(_node(1, "LoadVideo", wv=["clip.mp4", trim, "image"]), load) == {
+        "file": "clip.mp4", "edit": trim}
+    # saved before LoadVideo had optional widgets: the button's value right after the file
+    assert widget_values(_node(1, "LoadVideo", wv=["clip.mp4", "image"]), load) == {"file": "clip.mp4", "edit": edit}
+
+
+def test_combo_with_control_after_generate_skips_mode_and_filter():
+    d = {"input": {"required": {"model": [["a.ckpt", "b.ckpt"], {"control_after_generate": True}],
+                                "strength": ["FLOAT", {"default": 1.0}]}}}
+    assert widget_values(_node(1, "X", wv=["b.ckpt", "increment-wrap", "/b/", 0.5]), d) == {
+        "model": "b.ckpt", "strength": 0.5}
+
+
+def test_socketless_and_custom_widgets_take_a_value_sockets_do_not():
+    d = {"input": {"required": {"image": ["IMAGE", {}], "color": ["COLOR", {"socketless": True, "default": "#ffffff"}],
+                                "curve": ["CUSTOM_CURVE", {}], "mode": [["a", "b"], {}]},
+                   "optional": {"mask": ["MASK", {}]}}}
+    plain = _node(1, "X", wv=["#000000", "b"])
+    assert widget_values(plain, d) == {"color": "#000000", "mode": "b"}
+    # another pack's widget type: the saved node says it is a widget (a widget socket)
+    declared = _node(1, "X", inputs=[{"name": "curve", "type": "CUSTOM_CURVE", "link": None, "widget": {"name": "curve"}}],
+                     wv=["#000000", [[0, 0], [1, 1]], "a"])
+    assert widget_values(declared, d) == {"color": "#000000", "curve": [[0, 0], [1, 1]], "mode": "a"}
+
+
+def test_overrides_reach_dynamic_combo_children(core):
+    prompt = to_api(_data("current_frontend_workflow.json"), core)
+    out = apply_overrides(prompt, ["SaveVideo.format.codec.encoding.crf=20", "4.format=mkv"], core)
+    assert out["4"]["inputs"]["format.codec.encoding.crf"] == 20 and out["5"]["inputs"]["format"] == "auto"
+    assert out["4"]["inputs"]["format"] == "mkv"
+    # a child input the current option does not show is still a schema input of the node
+    out = apply_overrides(prompt, ["5.format.codec.encoding=re-encode"], core)
+    assert out["5"]["inputs"]["format.codec.encoding"] == "re-encode"
+    with pytest.raises(ValueError, match="has no input 'format.codecs'"):
+        apply_overrides(prompt, ["SaveVideo.format.codecs=h264"], core)
