@@ -53,7 +53,12 @@ function onMessage({ detail }) {
   if (typeof detail.loss === "number" && detail.step >= 1) st.losses[detail.step - 1] = detail.loss;
   if (detail.total) st.total = detail.total;
   const node = app.graph?.getNodeById(Number(id)) ?? app.graph?.getNodeById(id);
-  node?.setDirtyCanvas(true, true);
+  if (!node) return;
+  // Nodes 2.0 (Vue renderer, Comfy.VueNodes.Enabled) draws a canvas widget into a <canvas> of its
+  // own and repaints it only when widget.triggerDraw() is called (the frontend sets it while the
+  // widget is mounted); the classic LiteGraph canvas repaints the node on its next frame.
+  node.widgets?.find((w) => w.name === CHART_WIDGET)?.triggerDraw?.();
+  node.setDirtyCanvas(true, true);
 }
 
 // The chart is a canvas widget of its own (after the node's inputs), so the frontend lays it out
