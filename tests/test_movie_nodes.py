@@ -123,6 +123,26 @@ def _fresh_adapter(model, seed=0, perturb=False, kind="lora"):
                 p.add_(torch.randn(p.shape, generator=g) * 0.05)
     return ad
 
+
+
+def test_student_data_survives_clone_and_cross_frame_attention(comfy, tiny):
+    """The guidance adapter is attached where ModelPatcher.clone() carries it: after Cross-Frame
+    Attention (a clone; the shipped movie_distilled_edit template puts it between Load Guidance
+    Adapter and the guider) the guider still warns outside the trained range, and One-Step Distill
+    still finds the teacher's adapter. The input MODEL carries nothing."""
+    from videoedit.nodes.movie.engine_guidance import guidance_adapter_of, make_student
+    from videoedit.nodes.movie.engine_onestep import teacher_adapter
+    model, instr, _ = tiny
+    ad = _fresh_adapter(model, perturb=True)
+    student = make_student(model, ad)
+    patched = comfy.node_classes["VideoEditCrossFrameAttention"].execute(student, "middle", 1).result[0]
+    assert patched is not student and guidance_adapter_of(patched) is ad
+    assert guidance_adapter_of(patched.clone().clone()) is ad
+    assert guidance_adapter_of(model) is None
+    info = comfy.node_classes["VideoEditCFGDistilledGuider"].execute(patched, instr, {"samples": _src()}, 5.0, 7.5).result[2]
+    assert "image_guidance 5 is outside the trained range [1, 3]" in info
+    assert teacher_adapter(patched) is ad
+
 def test_zero_initialised_student_equals_teacher_full_conditional(comfy, tiny):
     from videoedit.nodes.movie.engine_guidance import make_student, with_image
     model, instr, _ = tiny

@@ -38,6 +38,20 @@ def test_save_load_round_trip(io_nodes, comfy):
     second = save.execute(inv, "test_inv").result[0]
     assert second != name  # a counter, never an overwrite
 
+
+
+def test_saved_inversion_has_the_mode_of_every_saved_file(io_nodes, comfy):
+    """Save Inversion writes through the pack's atomic writer: the file gets the process's normal
+    mode (0666 less the umask), not the 0600 of a bare temp file."""
+    import stat
+    import folder_paths
+    save, _ = io_nodes
+    name = save.execute(_inversion(comfy), "test_inv_mode").result[0]
+    mask = os.umask(0)
+    os.umask(mask)
+    mode = stat.S_IMODE(os.stat(os.path.join(folder_paths.get_output_directory(), name)).st_mode)
+    assert mode == 0o666 & ~mask, oct(mode)
+
 def test_paths_outside_are_refused(io_nodes, comfy, tmp_path):
     import folder_paths
     save, load = io_nodes
