@@ -96,6 +96,30 @@ def test_gradient_reaches_a_parameter_used_only_in_the_first_step():
     assert grads[0].abs() > 1e-4, "no gradient through the first of k steps"
     torch.testing.assert_close(grads[0], grads[1])  # checkpointing recomputes the same graph
 
+
+
+def test_teacher_ddim_matches_diffusers_ddim_scheduler():
+    """The teachers' evenly spaced DDIM (teacher_timesteps + ddim_generate, eta 0, the last step to
+    x_0) = diffusers' DDIMScheduler stepping through the same timesteps (the oracle: our own DDIM,
+    not a runtime path), for a nonlinear eps model on SD1.x's schedule."""
+    from diffusers import DDIMScheduler
+    from videoedit.nodes.eve import align as eve_align
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                          clip_sample=False, set_alpha_to_one=True)
+    steps = 8
+    sched.set_timesteps(steps)  # step ratio 125, as teacher_timesteps' spacing
+    ts = eve_align.teacher_timesteps(steps, 1000)
+    sched.timesteps = ts.clone()
+    sched.alphas_cumprod = acp = sched.alphas_cumprod.double()
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(2, 4, 4, 4, generator=g, dtype=torch.float64) * 0.3
+    model = lambda x, t: torch.tanh(w * x) * (0.5 + t.double().view(-1, 1, 1, 1) / 1000)  # noqa: E731
+    noise = torch.randn(2, 4, 4, 4, generator=g, dtype=torch.float64)
+    ref = noise
+    for t in ts.tolist():
+        ref = sched.step(model(ref, torch.full((2,), t)), t, ref, eta=0.0).prev_sample
+    torch.testing.assert_close(eve_align.ddim_generate(model, noise, ts, acp), ref, rtol=1e-9, atol=1e-9)
+
 def test_k_bin_timesteps_descend_one_per_bin():
     from videoedit.nodes.eve import align as eve_align
     s = eve_align.AlignSettings(k=3, schedule_steps=1000)

@@ -128,3 +128,87 @@ def test_fingerprint():
     assert ddim.fingerprint(a, "m", 3) == ddim.fingerprint(a.clone(), "m", 3)
     assert ddim.fingerprint(a, "m", 3) != ddim.fingerprint(a + 1e-3, "m", 3)
     assert ddim.fingerprint(a, "m", 3) != ddim.fingerprint(a, "n", 3)
+
+
+# ------------------------------------------------------------------------ keyframes
+
+
+# ------------------------------------------------------------------ diffusers as the oracle
+
+def _sd_ddim(inverse: bool = False):
+    """diffusers' DDIM (inverse) scheduler on SD1.x's schedule, in float64 (the oracle, never a
+    runtime path of the pack)."""
+    from diffusers import DDIMInverseScheduler, DDIMScheduler
+    cls = DDIMInverseScheduler if inverse else DDIMScheduler
+    s = cls(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+            clip_sample=False, set_alpha_to_one=inverse, steps_offset=0 if inverse else 1)
+    s.alphas_cumprod = s.alphas_cumprod.double()
+    return s
+
+
+def _eps_model(shape, seed=0):
+    """A deterministic, nonlinear stand-in for a UNet: eps(x_vp, t), VP input as diffusers feeds it."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(shape, generator=g, dtype=torch.float64) * 0.3
+    b = torch.randn(shape, generator=g, dtype=torch.float64) * 0.5
+    return lambda x, t: torch.tanh(w * x + b) * (0.5 + t / 1000.0)
+
+
+def _scale_free_eps_model(shape, seed=0):
+    """An eps model that depends on its input only through x / ||x|| (per sample): the same for any
+    positive scaling of the input (see the inversion test)."""
+    model = _eps_model(shape, seed)
+    return lambda x, t: model(x / x.flatten(1).norm(dim=1).view(-1, *[1] * (x.ndim - 1)), t)
+
+
+def test_ddim_sampling_matches_diffusers_ddim_scheduler():
+    """ddim_sample in ComfyUI's sigma space = DDIMScheduler.step (eta 0) at SD's timesteps
+    (steps_offset 1, last step to alphas_cumprod[0]), for a nonlinear eps model."""
+    sched = _sd_ddim()
+    sched.set_timesteps(10)
+    acp = sched.alphas_cumprod
+    ts = sched.timesteps.tolist()  # 901, 801, ..., 1
+    sig = lambda a: float(((1 - a) / a).sqrt())  # noqa: E731
+    sigmas = torch.tensor([sig(acp[t]) for t in ts] + [sig(acp[0])], dtype=torch.float64)
+    t_of = {round(float(s), 9): t for s, t in zip(sigmas[:-1].tolist(), ts)}
+    model = _eps_model((2, 4, 8, 8))
+    x_vp = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    ref = x_vp
+    for t in ts:
+        ref = sched.step(model(ref, t), t, ref, eta=0.0).prev_sample
+
+    def eps_fn(x, sigma):  # ComfyUI's call: the model sees c_in(sigma) * x = the VP latent
+        return model(x / math.sqrt(1 + sigma ** 2), t_of[round(sigma, 9)])
+
+    ours = ddim.ddim_sample(eps_fn, x_vp * math.sqrt(1 + sigmas[0] ** 2), sigmas) * math.sqrt(acp[0])
+    torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_ddim_inversion_update_matches_diffusers_inverse_scheduler():
+    """ddim_invert from the clean latent = DDIMInverseScheduler.step at the same timesteps (the eps
+    of each step taken at the target timestep, as TokenFlow's preprocess.py does). What this cannot
+    show: our eps_fn sees the current latent scaled by c_in of the *target* sigma, diffusers' UNet
+    the current VP latent; an eps model that depends on its input only through its direction (used
+    here) cannot tell the two apart, a real UNet can (slightly)."""
+    sched = _sd_ddim(inverse=True)
+    sched.set_timesteps(10)  # step ratio 100
+    acp = sched.alphas_cumprod
+    targets = [k * 100 - 1 for k in range(1, 11)]  # 99 ... 999; the first starts from the clean latent
+    sig = lambda a: float(((1 - a) / a).sqrt())  # noqa: E731
+    sigmas = torch.tensor([sig(acp[t]) for t in reversed(targets)] + [0.0], dtype=torch.float64)
+    t_of = {round(float(s), 9): t for s, t in zip(sigmas[:-1].tolist(), reversed(targets))}
+    model = _scale_free_eps_model((2, 4, 8, 8))
+    x0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+    ref, ref_traj = x0, []
+    for t in targets:
+        ref = sched.step(model(ref, t), t, ref).prev_sample
+        ref_traj.append(ref)
+
+    def eps_fn(x, sigma):
+        return model(x / math.sqrt(1 + sigma ** 2), t_of[round(sigma, 9)])
+
+    traj = ddim.ddim_invert(eps_fn, x0, sigmas)
+    for i, t in enumerate(targets):  # traj is in sampling order: traj[-2] is the first inverted step
+        torch.testing.assert_close(traj[len(targets) - 1 - i] * math.sqrt(acp[t]), ref_traj[i], rtol=1e-9, atol=1e-9)
