@@ -11,11 +11,10 @@ Pieces, in the order the algorithm uses them (paper Sec. 3-4, Alg. 1, appendix A
   parameterisation (eps or v-prediction) enters only through ``eps_hat``; for a model that
   returns the denoised ``x0_hat`` (ComfyUI's model call does, whatever it predicts),
   ``eps_from_denoised`` gives ``eps_hat = (x - x0_hat) / sigma``.
-- Keyframes (``sample_keyframes``, ``adjacent_keyframes``, ``plan_chunks``).
-- Extended attention over the keyframes (``extended_attention``, Eq. 3-4).
-- Correspondences and propagation (``nearest_neighbour_field`` Eq. 5,
-  ``propagation_weights`` Eq. 7, ``propagate_tokens`` Eq. 6).
-- PnP injection schedule (``pnp_inject``).
+- In ``propagation.py``: keyframes (``sample_keyframes``, ``adjacent_keyframes``,
+  ``plan_chunks``), extended attention over the keyframes (``extended_attention``, Eq. 3-4),
+  correspondences and propagation (``nearest_neighbour_field`` Eq. 5, ``propagation_weights``
+  Eq. 7, ``propagate_tokens`` Eq. 6), the PnP injection schedule (``pnp_inject``).
 
 Paper vs official code (omerbt/TokenFlow), the choices made here:
 - Inversion: the paper (appendix A) inverts with 1000 DDIM steps; we invert on the sampling
