@@ -28,6 +28,7 @@ import torch.utils.checkpoint
 from .bench_eve import _reset_peak, _vm
 from .embedded import REPO_ROOT
 from .measure import count_flops, fmt_flops, print_table
+from .pack import running_pack_module
 
 
 def _pack(name):
@@ -41,7 +42,7 @@ def _tiny_worker(steps: int) -> dict:
     from .fixtures import build_clip, build_model, tiny_controlnet, tiny_motion_module_sd, tiny_unet_config
     use_comfy(BENCH_BASE)
     boot_in_process(BENCH_BASE)
-    et, ne, ta = _pack("eve_align_train"), _pack("nodes_eve"), _pack("temporal_adapter")
+    et, ne, ta = _pack("engine_align_trainer"), _pack("engine_video_adapter"), _pack("temporal_adapter")
     with torch.inference_mode():
         model = build_model(tiny_unet_config(), seed=3)
         clip = build_clip(tiny=True)
@@ -129,15 +130,15 @@ def _flops_worker(frames: int = 8, size: int = 256, tiny: bool = False) -> dict:
         fixtures._link(fixtures.animatediff_motion_module("v2"), models / "animatediff_models")
     comfy = boot_in_process(BENCH_BASE)
     nc = comfy.node_classes
-    et, ea = _pack("eve_align_train"), _pack("eve_align")
-    dist = _pack("distillation")
+    et, ea = _pack("engine_align_trainer"), _pack("align")
+    dist = running_pack_module("core.adversarial_distillation")
     with torch.inference_mode():
         if tiny:  # a dry run of this worker on the tiny stack
             model = fixtures.build_model(fixtures.tiny_unet_config(), seed=3)
             clip = fixtures.build_clip(tiny=True)
             cnet = fixtures.tiny_controlnet(fixtures.tiny_unet_config())
             adapter = _pack("temporal_adapter").adapter_from_state_dict(fixtures.tiny_motion_module_sd(), "tiny")
-            video = _pack("nodes_eve").apply_video_adapter(model, adapter, True)
+            video = _pack("engine_video_adapter").apply_video_adapter(model, adapter, True)
         else:
             model, clip, _ = nc["CheckpointLoaderSimple"]().load_checkpoint(fixtures.sd15_checkpoint().name)[:3]
             cnet = nc["ControlNetLoader"]().load_controlnet(fixtures.sd15_controlnet().name)[0]

@@ -86,12 +86,11 @@ def flops_rows(comfy, size: int = 512) -> tuple[list[list[str]], dict]:
 
 
 def _tf_math():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("videoedit_tokenflow_math", REPO_ROOT / "nodes" / "tokenflow.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    """TokenFlow's DDIM (pure: imported from the repository, no ComfyUI needed)."""
+    from .pack import import_pack
+    import_pack()
+    from videoedit.nodes.tokenflow import ddim
+    return ddim
 
 
 def reconstruction_rows(size: int = 256, frames: int = 8) -> tuple[list[list[str]], dict]:

@@ -404,7 +404,7 @@ def tiny_motion_module_sd(model_channels: int = 32, channel_mult=(1, 2, 2), seed
     """AnimateDiff-format random motion module tensors for tiny_unet_config()'s layout."""
     from .pack import import_pack
     import_pack()
-    from videoedit.nodes.temporal_adapter import unet_layout
+    from videoedit.nodes.eve.temporal_adapter import unet_layout
     gen = torch.Generator().manual_seed(seed)
     sd = {}
     for prefix, pl in unet_layout(model_channels, channel_mult, 2, temporal_conv=False).items():

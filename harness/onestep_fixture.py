@@ -22,7 +22,7 @@ def movie_onestep_student() -> Path:
         from safetensors.torch import load_file, save_file
         from .pack import import_pack
         import_pack()
-        from videoedit.nodes import movie, movie_onestep as mo
+        from videoedit.nodes.movie import guidance as movie, onestep as mo
         teacher_path = str(fixtures.movie_guidance_adapter())
         with safe_open(teacher_path, framework="pt") as f:
             teacher_meta = f.metadata()
@@ -42,9 +42,9 @@ def movie_onestep_student() -> Path:
 def random_teacher_adapter(base, seed: int = 7, md=None, embed_scale: float = 0.05):
     """A guidance adapter for a (tiny) InstructPix2Pix whose scale embedding and deltas are not zero,
     so the teacher's output depends on the knobs (a freshly initialised adapter is exactly the base
-    model). Built through the pack's own Alg. 1 initialisation (movie_distill.new_adapter)."""
-    import sys
-    md = md or sys.modules[next(m for m in sys.modules if m.endswith(".nodes.movie_distill"))]
+    model). Built through the pack's own Alg. 1 initialisation (engine_cfg_distill.new_adapter)."""
+    from .pack import running_pack_module
+    md = md or running_pack_module("movie.engine_cfg_distill")
     ad = md.new_adapter(base, md.DistillConfig(rank=2, seed=seed))
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

@@ -1,7 +1,7 @@
 """The pack imported as the package ``videoedit`` (its pure-torch modules need no ComfyUI).
 
 ComfyUI imports the pack under a path-derived module name; the harness and the tests use this
-stable name instead, e.g. ``from videoedit.nodes.atomic_file import atomic_path`` after
+stable name instead, e.g. ``from videoedit.nodes.core.atomic_file import atomic_path`` after
 ``import_pack()``. Importing the package runs only its ``__init__.py``, which imports nothing
 from ComfyUI.
 """
@@ -21,3 +21,22 @@ def import_pack():
         sys.modules["videoedit"] = mod
         spec.loader.exec_module(mod)
     return sys.modules["videoedit"]
+
+
+def pack_module(node_cls, name: str):
+    """The module ``nodes.<name>`` (e.g. "host.training_ui") of the copy of the pack that
+    ``node_cls`` belongs to: ComfyUI imports the pack under its own module name, and a test that
+    patches or reads the running pack must reach that copy, not ``videoedit``."""
+    import importlib
+    pkg = node_cls.__module__.rsplit(".nodes.", 1)[0]
+    return importlib.import_module(f"{pkg}.nodes.{name}")
+
+
+def running_pack_module(name: str):
+    """The module ``nodes.<name>`` of the pack as ComfyUI loaded it (after ``boot_in_process``):
+    the headless trainers and benches use the classes the running nodes use."""
+    import importlib
+    registry = next((m for m in sys.modules if m.endswith(".nodes.registry")), None)
+    if registry is None:
+        raise RuntimeError("the pack was not loaded by ComfyUI")
+    return importlib.import_module(registry[: -len("registry")] + name)

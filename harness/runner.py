@@ -27,7 +27,7 @@ from .pack import import_pack
 from .embedded import REPO_ROOT
 
 import_pack()
-from videoedit.nodes.atomic_file import atomic_write_bytes  # noqa: E402
+from videoedit.nodes.core.atomic_file import atomic_write_bytes  # noqa: E402
 
 WORKFLOWS_DIR = REPO_ROOT / "example_workflows"
 TAESD_PREFIXES = ("taesd", "taef1")

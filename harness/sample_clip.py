@@ -24,7 +24,7 @@ import torch
 from .pack import import_pack
 
 import_pack()
-from videoedit.nodes.atomic_file import atomic_path  # noqa: E402
+from videoedit.nodes.core.atomic_file import atomic_path  # noqa: E402
 
 # where the window starts (top-left) when there is room: the astronaut's face and badge
 _PREFERRED_ORIGIN = (140, 60)  # (x, y)

@@ -23,12 +23,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 import torch
 
 from .embedded import REPO_ROOT, boot_in_process
+from .pack import import_pack, running_pack_module
+
+import_pack()  # the pure helpers below need no ComfyUI
+from videoedit.nodes.core.atomic_file import atomic_save_safetensors, atomic_write_bytes  # noqa: E402
+from videoedit.nodes.core.ddp import ddp_init_from_env  # noqa: E402
+from videoedit.nodes.core.edit_datasets import IMAGE_EXTS  # noqa: E402
+from videoedit.nodes.core.loss_curve import render_loss_curve  # noqa: E402
 
 DEFAULTS = {"trainer": "cfg_distill", "vae": "checkpoint", "data_mode": "frames", "steps": 500, "batch_size": 4,
             "learning_rate": 1e-5, "adapter": "lora", "lora_rank": 16, "seed": 0, "checkpoint_every": 100,
@@ -36,14 +42,47 @@ DEFAULTS = {"trainer": "cfg_distill", "vae": "checkpoint", "data_mode": "frames"
 
 
 def _pack():
-    """The pack's modules (imported as ComfyUI imported them)."""
-    name = next((m for m in sys.modules if m.endswith(".nodes.movie_distill")), None)
-    if name is None:
-        raise RuntimeError("the pack was not loaded by ComfyUI")
-    pkg = name[: -len(".nodes.movie_distill")]
-    import importlib
-    return (importlib.import_module(f"{pkg}.nodes.movie_distill"), importlib.import_module(f"{pkg}.nodes.training"),
-            importlib.import_module(f"{pkg}.nodes.nodes_movie"), importlib.import_module(f"{pkg}.nodes.nodes_movie_train"))
+    """The pack's modules (imported as ComfyUI imported them): the CFG distillation engine, the
+    guidance engine, the MoViE training data."""
+    return tuple(running_pack_module(n) for n in ("movie.engine_cfg_distill", "movie.engine_guidance",
+                                                  "movie.engine_training_data"))
+
+
+def start_process_group() -> tuple[int, int]:
+    """Join torchrun's process group (one process: rank 0 of 1) and pin this rank's GPU."""
+    rank, world = ddp_init_from_env()
+    if torch.cuda.is_available() and world > 1:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+    return rank, world
+
+
+def end_process_group(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def load_vae(name: str):
+    """Core VAELoader's VAE (a TAESD variant: its files go in <base>/models/vae_approx)."""
+    import nodes as comfy_nodes
+    return comfy_nodes.VAELoader().load_vae(name)[0]
+
+
+
+def run_printing_steps(run, total: int, out: Path, resume: bool, rank: int, label: str = "loss", extra=None):
+    """``run(checkpoint, resume, on_step=)`` with output_dir/checkpoint.safetensors; rank 0 prints
+    every step (and ``extra()``, e.g. the other losses). Returns the loss history."""
+    def on_step(step, loss):
+        if rank == 0:
+            print(f"step {step}/{total} {label} {loss:.6g}" + (f" {extra()}" if extra else ""), flush=True)
+    return run(str(out / "checkpoint.safetensors"), resume, on_step=on_step)
+
+def save_loss_curve(history: list[float], title: str, path: Path) -> None:
+    import io as _io
+    buf = _io.BytesIO()
+    render_loss_curve(history, title=title).save(buf, format="PNG")
+    atomic_write_bytes(buf.getvalue(), str(path))
 
 
 def _load_model(cfg):
@@ -56,7 +95,7 @@ def _load_model(cfg):
     return model, clip, vae
 
 
-def _data(cfg, clip, vae, md, tr, nt):
+def _data(cfg, clip, vae, md, nt):
     mode = cfg["data_mode"]
     if mode == "latents":
         from safetensors.torch import load_file
@@ -66,7 +105,7 @@ def _data(cfg, clip, vae, md, tr, nt):
         return nt.folder_data(clip, vae, cfg["dataset_folder"], int(cfg["resolution"]))
     if mode == "frames":
         folder = Path(cfg["frames"])
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in tr.IMAGE_EXTS)
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
         if not files:
             raise ValueError(f"frames: no images in {folder}")
         from PIL import Image
@@ -89,40 +128,25 @@ def run(cfg: dict) -> dict:
         raise ValueError(f"trainer: '{cfg['trainer']}' is not known (cfg_distill, onestep, eve_align)")
     base = Path(cfg.get("base") or REPO_ROOT / ".comfy" / "train-base")
     boot_in_process(base)
-    md, tr, nm, nt = _pack()
-    rank, world = tr.ddp_init_from_env()
-    if torch.cuda.is_available() and world > 1:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+    md, nm, nt = _pack()
+    rank, world = start_process_group()
     model, clip, vae = _load_model(cfg)
     if cfg["vae"] != "checkpoint" and cfg["data_mode"] != "latents":
-        import nodes as comfy_nodes  # TAESD files go in <base>/models/vae_approx
-        vae = comfy_nodes.VAELoader().load_vae(cfg["vae"])[0]
-    data = _data(cfg, clip, vae, md, tr, nt)
+        vae = load_vae(cfg["vae"])
+    data = _data(cfg, clip, vae, md, nt)
     out = Path(cfg["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     dc = md.DistillConfig(steps=int(cfg["steps"]), batch_size=int(cfg["batch_size"]),
                           learning_rate=float(cfg["learning_rate"]), kind=cfg["adapter"], rank=int(cfg["lora_rank"]),
                           seed=int(cfg["seed"]), checkpoint_every=int(cfg["checkpoint_every"]))
     d = md.Distiller(model, data, dc)
-
-    def on_step(step, loss):
-        if rank == 0:
-            print(f"step {step}/{dc.steps} loss {loss:.6g}", flush=True)
-
-    history = d.run(str(out / "checkpoint.safetensors"), bool(cfg["resume"]), on_step=on_step)
+    history = run_printing_steps(d.run, dc.steps, out, bool(cfg["resume"]), rank)
     sd, meta = d.adapter.to_state()
-    tr.atomic_save_safetensors(sd, str(out / f"rank{rank}_weights.safetensors"), meta)
+    atomic_save_safetensors(sd, str(out / f"rank{rank}_weights.safetensors"), meta)
     if rank == 0:
-        tr.atomic_save_safetensors(sd, str(out / "adapter.safetensors"), meta)
-        img = tr.render_loss_curve(history, title="CFG distillation loss")
-        import io as _io
-        buf = _io.BytesIO()
-        img.save(buf, format="PNG")
-        tr.atomic_write_bytes(buf.getvalue(), str(out / "loss_curve.png"))
-    if world > 1:
-        import torch.distributed as dist
-        dist.barrier()
-        dist.destroy_process_group()
+        atomic_save_safetensors(sd, str(out / "adapter.safetensors"), meta)
+        save_loss_curve(history, "CFG distillation loss", out / "loss_curve.png")
+    end_process_group(world)
     return {"rank": rank, "world": world, "steps": d.adapter.steps, "final_loss": history[-1] if history else None}
 
 

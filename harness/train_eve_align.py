@@ -17,15 +17,12 @@ Config keys:
 """
 from __future__ import annotations
 
-import importlib
-import io as _io
 import os
-import sys
 from pathlib import Path
 
-import torch
-
 from .embedded import REPO_ROOT, boot_in_process
+from .pack import running_pack_module
+from .train import end_process_group, load_vae, run_printing_steps, save_loss_curve, start_process_group
 
 DEFAULTS = {"vae": "checkpoint", "frames": 8, "resolution": 256, "steps": 1500, "batch_size": 1,
             "learning_rate": 1e-5, "lora_rank": 16, "k": 3, "schedule_steps": 1000, "teacher_steps": 8,
@@ -34,10 +31,8 @@ DEFAULTS = {"vae": "checkpoint", "frames": 8, "resolution": 256, "steps": 1500, 
 
 
 def _pack(name: str):
-    mod = next((m for m in sys.modules if m.endswith(".nodes.eve_align_train")), None)
-    if mod is None:
-        raise RuntimeError("the pack was not loaded by ComfyUI")
-    return importlib.import_module(mod[: -len(".eve_align_train")] + "." + name)
+    """``eve.<name>`` of the pack as ComfyUI loaded it."""
+    return running_pack_module(f"eve.{name}")
 
 
 def _models(cfg, nodes_eve):
@@ -68,14 +63,11 @@ def run(cfg: dict) -> dict:
     cfg = {**DEFAULTS, **cfg}
     base = Path(cfg.get("base") or REPO_ROOT / ".comfy" / "train-base")
     boot_in_process(base)
-    tr, et, nea, ne = (_pack(n) for n in ("training", "eve_align_train", "nodes_eve_align", "nodes_eve"))
-    rank, world = tr.ddp_init_from_env()
-    if torch.cuda.is_available() and world > 1:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+    et, nea, ne = (_pack(n) for n in ("engine_align_trainer", "engine_align_data", "engine_video_adapter"))
+    rank, world = start_process_group()
     model, control, video, clip, vae = _models(cfg, ne)
     if cfg["vae"] != "checkpoint" or vae is None:
-        import nodes as comfy_nodes  # TAESD files go in <base>/models/vae_approx
-        vae = comfy_nodes.VAELoader().load_vae(cfg["vae"] if cfg["vae"] != "checkpoint" else "taesd")[0]
+        vae = load_vae(cfg["vae"] if cfg["vae"] != "checkpoint" else "taesd")
     data = nea.dataset_data(clip, vae, cfg["dataset_folder"], int(cfg["frames"]), int(cfg["resolution"]))
     out = Path(cfg["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
@@ -90,21 +82,12 @@ def run(cfg: dict) -> dict:
         dino = df.DinoFeatures(df.load_dinov2(str(cfg["feature_network"])))
     a = et.Aligner(model, control, video, data, ac, dino, vae, os.path.basename(str(cfg.get("feature_network") or "")))
 
-    def on_step(step, loss):
-        if rank == 0:
-            print(f"step {step}/{ac.steps} loss_g {loss:.6g} " +
-                  " ".join(f"{k} {v:.4g}" for k, v in a.last_log.items() if k != "loss_g"), flush=True)
-
-    history = a.run(str(out / "checkpoint.safetensors"), bool(cfg["resume"]), on_step=on_step)
+    history = run_printing_steps(a.run, ac.steps, out, bool(cfg["resume"]), rank, "loss_g", lambda: " ".join(
+        f"{k} {v:.4g}" for k, v in a.last_log.items() if k != "loss_g"))
     nea.save_lora(a, str(out / f"rank{rank}_lora.safetensors"))
     if rank == 0:
         nea.save_lora(a, str(out / "lora.safetensors"))
-        buf = _io.BytesIO()
-        tr.render_loss_curve(history, title="FDD generator loss").save(buf, format="PNG")
-        tr.atomic_write_bytes(buf.getvalue(), str(out / "loss_curve.png"))
-    if world > 1:
-        import torch.distributed as dist
-        dist.barrier()
-        dist.destroy_process_group()
+        save_loss_curve(history, "FDD generator loss", out / "loss_curve.png")
+    end_process_group(world)
     return {"rank": rank, "world": world, "steps": a.steps, "final_loss": history[-1] if history else None,
             "image_only": video is None}

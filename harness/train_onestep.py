@@ -12,15 +12,13 @@ format), loss_curve.png, rank<r>_weights.safetensors (every rank's final student
 """
 from __future__ import annotations
 
-import importlib
-import io as _io
-import os
 from pathlib import Path
-
-import torch
 
 from . import train
 from .embedded import REPO_ROOT, boot_in_process
+from .pack import running_pack_module
+from .train import (atomic_save_safetensors, end_process_group, load_vae, run_printing_steps, save_loss_curve,
+                    start_process_group)
 
 DEFAULTS = {"v_steps": 100, "steps": 500, "v_learning_rate": 1e-6, "learning_rate": 1e-5, "disc_learning_rate": 1e-5,
             "lambda_mse": 1.0, "lambda_gen": 0.1, "lambda_r1": 0.1, "embed_lr_scale": 1.0}
@@ -34,25 +32,20 @@ def _teacher(cfg, model, nm):
     if not spec:
         raise ValueError("guidance_adapter: the one-step student starts from the guidance-distilled teacher; give "
                          "the CFG Distill (train) adapter file of this model")
-    return nm.make_student(model, nm.load_adapter(spec))
+    return nm.make_student(model, nm.load_guidance_adapter(spec))
 
 
 def run(cfg: dict) -> dict:
     cfg = {**train.DEFAULTS, **DEFAULTS, **cfg}
     boot_in_process(Path(cfg.get("base") or REPO_ROOT / ".comfy" / "train-base"))
-    md, tr, nm, nt = train._pack()
-    pkg = md.__name__[: -len(".nodes.movie_distill")]
-    od = importlib.import_module(f"{pkg}.nodes.movie_onestep_distill")
-    nmo = importlib.import_module(f"{pkg}.nodes.nodes_movie_onestep")
-    rank, world = tr.ddp_init_from_env()
-    if torch.cuda.is_available() and world > 1:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+    md, nm, nt = train._pack()
+    od, nmo = running_pack_module("movie.engine_onestep_distill"), running_pack_module("movie.engine_onestep")
+    rank, world = start_process_group()
     model, clip, vae = train._load_model(cfg)
     if cfg["vae"] != "checkpoint" and cfg["data_mode"] != "latents":
-        import nodes as comfy_nodes
-        vae = comfy_nodes.VAELoader().load_vae(cfg["vae"])[0]
+        vae = load_vae(cfg["vae"])
     teacher = _teacher(cfg, model, nm)
-    data = train._data(cfg, clip, vae, md, tr, nt)
+    data = train._data(cfg, clip, vae, md, nt)
     out = Path(cfg["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     oc = od.OneStepConfig(v_steps=int(cfg["v_steps"]), steps=int(cfg["steps"]), batch_size=int(cfg["batch_size"]),
@@ -62,22 +55,12 @@ def run(cfg: dict) -> dict:
                           embed_lr_scale=float(cfg["embed_lr_scale"]), kind=cfg["adapter"], rank=int(cfg["lora_rank"]),
                           seed=int(cfg["seed"]), checkpoint_every=int(cfg["checkpoint_every"]))
     d = od.OneStepDistiller(teacher, data, oc)
-
-    def on_step(step, loss):
-        if rank == 0:
-            print(f"step {step}/{oc.v_steps + oc.steps} loss {loss:.6g}", flush=True)
-
-    history = d.run(str(out / "checkpoint.safetensors"), bool(cfg["resume"]), on_step=on_step)
+    history = run_printing_steps(d.run, oc.v_steps + oc.steps, out, bool(cfg["resume"]), rank)
     sd, meta = d.adapter.to_state()
     sd.update({f"heads.{k}": v.detach().float().contiguous().cpu() for k, v in d.heads.state_dict().items()})
-    tr.atomic_save_safetensors(sd, str(out / f"rank{rank}_weights.safetensors"), meta)
+    atomic_save_safetensors(sd, str(out / f"rank{rank}_weights.safetensors"), meta)
     if rank == 0:
-        nmo.save_student(d.adapter, d.fingerprint, oc, str(out / "student.safetensors"))
-        buf = _io.BytesIO()
-        tr.render_loss_curve(history, title="one-step distillation loss").save(buf, format="PNG")
-        tr.atomic_write_bytes(buf.getvalue(), str(out / "loss_curve.png"))
-    if world > 1:
-        import torch.distributed as dist
-        dist.barrier()
-        dist.destroy_process_group()
+        nmo.save_onestep_student(d.adapter, d.fingerprint, oc, str(out / "student.safetensors"))
+        save_loss_curve(history, "one-step distillation loss", out / "loss_curve.png")
+    end_process_group(world)
     return {"rank": rank, "world": world, "steps": d.adapter.steps, "final_loss": history[-1] if history else None}

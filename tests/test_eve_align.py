@@ -17,7 +17,7 @@ F, SIZE = 3, 32
 
 def _tiny_adapter(seed=31):
     from harness.fixtures import tiny_motion_module_sd
-    from videoedit.nodes.temporal_adapter import adapter_from_state_dict
+    from videoedit.nodes.eve.temporal_adapter import adapter_from_state_dict
     return adapter_from_state_dict(tiny_motion_module_sd(seed=seed), "tiny motion module")
 
 
@@ -25,8 +25,8 @@ def _tiny_adapter(seed=31):
 def stack(comfy):
     """Everything built under inference mode, as the server loads models."""
     from harness.fixtures import build_clip, build_model, tiny_controlnet, tiny_unet_config
-    from videoedit.nodes import eve_align_train as et
-    from videoedit.nodes.nodes_eve import apply_video_adapter
+    from videoedit.nodes.eve import engine_align_trainer as et
+    from videoedit.nodes.eve.engine_video_adapter import apply_video_adapter
     with torch.inference_mode():
         model = build_model(tiny_unet_config(), seed=3)
         clip = build_clip(tiny=True)
@@ -43,7 +43,7 @@ def stack(comfy):
 
 
 def _cfg(**kw):
-    from videoedit.nodes.eve_align_train import AlignConfig
+    from videoedit.nodes.eve.engine_align_trainer import AlignConfig
     return AlignConfig(**{"steps": 3, "batch_size": 1, "learning_rate": 1e-3, "rank": 2, "k": 3,
                           "schedule_steps": 1000, "teacher_steps": 2, "sds_fraction": 2 / 3, "seed": 1,
                           "checkpoint_every": 0, **kw})
@@ -58,7 +58,7 @@ def _hash(tensors) -> str:
 
 
 def _aligner(stack, video=True, **kw):
-    from videoedit.nodes.eve_align_train import Aligner
+    from videoedit.nodes.eve.engine_align_trainer import Aligner
     return Aligner(stack["model"], stack["control"], stack["video"] if video else None, stack["data"], _cfg(**kw))
 
 
@@ -74,7 +74,7 @@ def _frozen(stack) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------- pure math
 
 def test_gradient_reaches_a_parameter_used_only_in_the_first_step():
-    from videoedit.nodes import eve_align
+    from videoedit.nodes.eve import align as eve_align
     ac = torch.linspace(0.999, 0.01, 1000)
     ts = torch.tensor([900, 500, 100])
     g = torch.Generator().manual_seed(0)
@@ -97,8 +97,31 @@ def test_gradient_reaches_a_parameter_used_only_in_the_first_step():
     torch.testing.assert_close(grads[0], grads[1])  # checkpointing recomputes the same graph
 
 
+
+def test_teacher_ddim_matches_diffusers_ddim_scheduler():
+    """The teachers' evenly spaced DDIM (teacher_timesteps + ddim_generate, eta 0, the last step to
+    x_0) = diffusers' DDIMScheduler stepping through the same timesteps (the oracle: our own DDIM,
+    not a runtime path), for a nonlinear eps model on SD1.x's schedule."""
+    from diffusers import DDIMScheduler
+    from videoedit.nodes.eve import align as eve_align
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                          clip_sample=False, set_alpha_to_one=True)
+    steps = 8
+    sched.set_timesteps(steps)  # step ratio 125, as teacher_timesteps' spacing
+    ts = eve_align.teacher_timesteps(steps, 1000)
+    sched.timesteps = ts.clone()
+    sched.alphas_cumprod = acp = sched.alphas_cumprod.double()
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(2, 4, 4, 4, generator=g, dtype=torch.float64) * 0.3
+    model = lambda x, t: torch.tanh(w * x) * (0.5 + t.double().view(-1, 1, 1, 1) / 1000)  # noqa: E731
+    noise = torch.randn(2, 4, 4, 4, generator=g, dtype=torch.float64)
+    ref = noise
+    for t in ts.tolist():
+        ref = sched.step(model(ref, torch.full((2,), t)), t, ref, eta=0.0).prev_sample
+    torch.testing.assert_close(eve_align.ddim_generate(model, noise, ts, acp), ref, rtol=1e-9, atol=1e-9)
+
 def test_k_bin_timesteps_descend_one_per_bin():
-    from videoedit.nodes import eve_align
+    from videoedit.nodes.eve import align as eve_align
     s = eve_align.AlignSettings(k=3, schedule_steps=1000)
     for seed in range(50):
         d = eve_align.draw(torch.Generator().manual_seed(seed), (3, 4, 4, 4), 3, s, 1000)
@@ -109,9 +132,10 @@ def test_k_bin_timesteps_descend_one_per_bin():
 
 
 def test_kohya_lora_layout_matches_core_lora_math(comfy):
-    from videoedit.nodes import eve_align, movie
+    from videoedit.nodes.core.weight_deltas import LoRADelta
+    from videoedit.nodes.eve import align as eve_align
     import comfy.lora
-    d = movie.LoRADelta((8, 4, 3, 3), rank=2, generator=torch.Generator().manual_seed(0))
+    d = LoRADelta((8, 4, 3, 3), rank=2, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         d.up.normal_()
     sd = eve_align.lora_state_dict({"diffusion_model.input_blocks.1.0.in_layers.2.weight": d})
@@ -177,7 +201,7 @@ def test_sds_alignment_lowers_the_residuals_of_both_teachers():
     distributions N(mu_e, s^2), N(mu_v, s^2). SDS must pull the student's clips toward them, so
     c(t)||eps_hat - eps||^2 of both teachers drops on held-out draws. (Random-weight UNet teachers
     define no distribution to move toward: there this is noise, see the report in README.)"""
-    from videoedit.nodes import eve_align as ea
+    from videoedit.nodes.eve import align as ea
     T = 1000
     abar = torch.cumprod(1 - torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, T) ** 2, 0)  # SD1.5 schedule
     g = torch.Generator().manual_seed(0)
@@ -222,7 +246,7 @@ def test_sds_alignment_lowers_the_residuals_of_both_teachers():
 
 def test_the_lora_loads_in_core_and_changes_the_output(comfy, stack):
     import folder_paths
-    from videoedit.nodes.nodes_eve_align import save_lora
+    from videoedit.nodes.eve.engine_align_data import save_lora
     a = _aligner(stack, steps=1, sds_fraction=1.0, learning_rate=3e-3, rank=4)
     a.run()
     name = "test_eve_align_lora"
@@ -234,13 +258,11 @@ def test_the_lora_loads_in_core_and_changes_the_output(comfy, stack):
     enc = nc["CLIPTextEncode"]()
     pos, neg = enc.encode(stack["clip"], "make it winter")[0], enc.encode(stack["clip"], "")[0]
     sample = lambda m: nc["KSampler"]().sample(m, 7, 2, 1.0, "euler", "normal", pos, neg, lat)[0]["samples"]
-    import importlib
-    import sys
     from harness.fixtures import tiny_motion_module_sd
+    from harness.pack import pack_module
     stacker = nc["VideoEditEVEAdapterStacker"]
-    pkg = sys.modules[stacker.__module__].__name__.rsplit(".", 1)[0]  # the server's copy of the pack
-    with torch.inference_mode():
-        adapter = importlib.import_module(f"{pkg}.temporal_adapter").adapter_from_state_dict(tiny_motion_module_sd(), "t")
+    with torch.inference_mode():  # the running copy of the pack's adapter class
+        adapter = pack_module(stacker, "eve.temporal_adapter").adapter_from_state_dict(tiny_motion_module_sd(), "t")
         for base in (stack["model"], stack["video"]):  # the backbone, and the stacked model
             with_lora = nc["LoraLoaderModelOnly"]().load_lora_model_only(base, f"{name}.safetensors", 1.0)[0]
             assert len(with_lora.patches) == len(a.deltas)  # every LoRA key resolved
@@ -273,12 +295,12 @@ def _dataset(folder, entries, frames=2, seed=0):
 
 
 def test_node_end_to_end_image_only(comfy, stack, tmp_path, monkeypatch):
-    import sys
     import comfy.utils as cu
     import folder_paths
+    from harness.pack import pack_module
     nc = comfy.node_classes
     node = nc["VideoEditEVELoRAAligner"]
-    mod = sys.modules[comfy.node_classes["VideoEditCFGDistillTrain"].__module__]  # the pack's training glue
+    mod = pack_module(node, "host.training_ui")  # the running pack's
     sent, seen = [], []
     monkeypatch.setattr(mod, "send_to_ui", lambda e, d: sent.append((e, d)))
     old = cu.PROGRESS_BAR_HOOK
@@ -308,9 +330,9 @@ def test_node_end_to_end_image_only(comfy, stack, tmp_path, monkeypatch):
 
 def test_bad_inputs(comfy, stack, tmp_path):
     from harness.fixtures import build_model, tiny_unet_config
-    from videoedit.nodes.eve_align_train import Aligner
-    from videoedit.nodes.nodes_eve import apply_video_adapter
-    from videoedit.nodes.nodes_eve_align import scan_dataset
+    from videoedit.nodes.eve.engine_align_trainer import Aligner
+    from videoedit.nodes.eve.engine_video_adapter import apply_video_adapter
+    from videoedit.nodes.eve.engine_align_data import scan_dataset
     with torch.inference_mode():
         other = apply_video_adapter(build_model(tiny_unet_config(), seed=4), _tiny_adapter(), anchor=True)
     with pytest.raises(ValueError, match=r"video_teacher: built on another backbone .*than edit_teacher"):
@@ -376,7 +398,7 @@ def test_dinov2_feature_network_loads_exactly_and_serves_the_discriminators(comf
     """EVE's feature network: the file's architecture is read off its tensors (same outputs as the
     model it came from); the student's x_0 reaches it through the VAE decode with gradients; the
     heads train on its levels; DINOv2 and every frozen weight stay bit-identical."""
-    from videoedit.nodes import dino_features as df
+    from videoedit.nodes.eve import dino_features as df
     ref = _tiny_dinov2(tmp_path / "dino.safetensors")
     with torch.inference_mode():  # as the node runs
         feats = df.DinoFeatures(df.load_dinov2(str(tmp_path / "dino.safetensors")), levels=4, size=16)
@@ -395,7 +417,7 @@ def test_dinov2_feature_network_loads_exactly_and_serves_the_discriminators(comf
     dino_before = _hash(feats.model.state_dict())
     frozen_before = _hash(_frozen(stack))
     vae = comfy.node_classes["VAELoader"]().load_vae("taesd")[0]
-    from videoedit.nodes.eve_align_train import Aligner
+    from videoedit.nodes.eve.engine_align_trainer import Aligner
     a = Aligner(stack["model"], stack["control"], stack["video"], stack["data"], _cfg(steps=2, sds_fraction=0.5),
                 feats, vae, "dino.safetensors")
     with torch.inference_mode(False):
@@ -415,9 +437,9 @@ def test_dinov2_feature_network_loads_exactly_and_serves_the_discriminators(comf
 def test_dinov2_bad_files(comfy, stack, tmp_path):
     from safetensors.torch import save_file
     import folder_paths
-    from videoedit.nodes import dino_features as df
-    from videoedit.nodes.eve_align_train import Aligner
-    from videoedit.nodes.nodes_eve_align import FEATURES_FOLDER, load_feature_network
+    from videoedit.nodes.eve import dino_features as df
+    from videoedit.nodes.eve.engine_align_trainer import Aligner
+    from videoedit.nodes.eve.engine_align_data import FEATURES_FOLDER, load_feature_network
     (tmp_path / "dino.pth").write_bytes(b"not loaded")
     with pytest.raises(ValueError, match=r"feature_network: 'dino.pth' is not a .safetensors file; pickle"):
         df.load_dinov2(str(tmp_path / "dino.pth"))

@@ -27,7 +27,7 @@ def _tiny_ad_file(comfy, name="mm_tiny_random.safetensors", seed=31):
     import folder_paths
     from safetensors.torch import save_file
     from harness.fixtures import _motion_module_sd
-    from videoedit.nodes.temporal_adapter import unet_layout
+    from videoedit.nodes.eve.temporal_adapter import unet_layout
     folder = folder_paths.get_folder_paths("animatediff_models")[0]
     os.makedirs(folder, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
@@ -135,8 +135,8 @@ def test_sliding_windows_long_clip_and_single_window(comfy, parts):
 
 
 def test_windows_blend_every_frame_once(comfy, parts, monkeypatch):
-    import sys
-    nodes_eve = sys.modules[comfy.node_classes["VideoEditEVEAdapterStacker"].__module__]  # the loaded pack
+    from harness.pack import pack_module
+    nodes_eve = pack_module(comfy.node_classes["VideoEditEVEAdapterStacker"], "eve.engine_video_adapter")  # the loaded pack
     seen = []
     orig = nodes_eve.EVEWindows.combine_context_window_results
 
@@ -214,7 +214,7 @@ def test_save_and_reload_adapter(comfy, parts):
 def test_full_size_animatediff_fixture_fits_sd15_layout():
     from harness.fixtures import animatediff_motion_module
     from safetensors.torch import load_file
-    from videoedit.nodes.temporal_adapter import adapter_from_state_dict, check_adapter, unet_layout
+    from videoedit.nodes.eve.temporal_adapter import adapter_from_state_dict, check_adapter, unet_layout
     path = animatediff_motion_module("v2")
     adapter = adapter_from_state_dict(load_file(str(path)), path.name)
     check_adapter(adapter, unet_layout(320, (1, 2, 4, 4), 2))

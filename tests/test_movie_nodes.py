@@ -29,7 +29,7 @@ def _one_step(guider, latent, sigma, seed=0):
 
 
 def test_two_knob_guider_equals_eq1_from_three_passes(comfy, tiny):
-    from videoedit.nodes import movie
+    from videoedit.nodes.movie import guidance
     model, instr, empty = tiny
     node = comfy.node_classes["VideoEditIP2PGuider"]
     src = _src()
@@ -46,7 +46,7 @@ def test_two_knob_guider_equals_eq1_from_three_passes(comfy, tiny):
     with torch.no_grad():
         eps = lambda img, c: unet(torch.cat([x_in, img], 1), t, context=ctx(c), transformer_options={})
         e_full, e_img, e_unc = eps(src, instr), eps(src, empty), eps(torch.zeros_like(src), empty)
-    eps_ref = movie.two_knob_guidance(e_unc, e_img, e_full, s_i, s_t)
+    eps_ref = guidance.two_knob_guidance(e_unc, e_img, e_full, s_i, s_t)
     ref = m.process_latent_out(x - sigma * eps_ref)
     diff = (out - ref).abs().max().item()
     rel = diff / ref.abs().max().item()
@@ -65,7 +65,7 @@ def _basic(model, cond, latent, sigma):
 
 
 def test_cross_frame_one_frame_self_anchor_is_vanilla(comfy, tiny):
-    from videoedit.nodes.nodes_movie import with_image
+    from videoedit.nodes.movie.engine_guidance import with_image
     model, instr, _ = tiny
     cf = comfy.node_classes["VideoEditCrossFrameAttention"]
     src = _src(1)
@@ -86,7 +86,7 @@ def test_cross_frame_one_frame_self_anchor_is_vanilla(comfy, tiny):
 def test_cross_frame_anchor_per_conditioning_group(comfy, tiny):
     """Under DualCFG's batching (3 conds x F frames in one UNet call), each frame attends to its
     own group's anchor: the batched result equals each conditioning run on its own."""
-    from videoedit.nodes.nodes_movie import with_image
+    from videoedit.nodes.movie.engine_guidance import with_image
     model, instr, empty = tiny
     patched = comfy.node_classes["VideoEditCrossFrameAttention"].execute(model, "middle", 1).result[0]
     node = comfy.node_classes["VideoEditIP2PGuider"]
@@ -98,21 +98,21 @@ def test_cross_frame_anchor_per_conditioning_group(comfy, tiny):
     guider, lat = node.execute(p2, instr, empty, {"samples": src}, s_i, s_t).result
     out, _ = _one_step(guider, lat["samples"], sigma)
     assert seen == [9]  # the three conditionings really were batched together
-    from videoedit.nodes import movie
+    from videoedit.nodes.movie import guidance
     x0 = {k: _basic(patched, c, torch.zeros_like(src), sigma) for k, c in
           (("full", with_image(instr, src)), ("img", with_image(empty, src)), ("unc", with_image(empty, None)))}
-    ref = movie.two_knob_guidance(x0["unc"], x0["img"], x0["full"], s_i, s_t)  # linear in x0 as in eps
+    ref = guidance.two_knob_guidance(x0["unc"], x0["img"], x0["full"], s_i, s_t)  # linear in x0 as in eps
     diff = (out - ref).abs().max().item() / ref.abs().max().item()
     print(f"cross-frame attention, batched groups vs separate: relative diff {diff:.3g}")
     assert diff <= 1e-5
 
 
 def _fresh_adapter(model, seed=0, perturb=False, kind="lora"):
-    from videoedit.nodes import movie
-    from videoedit.nodes.nodes_movie import model_family, unet_of
+    from videoedit.nodes.movie import guidance
+    from videoedit.nodes.host.model_family import model_family, unet_of
     u = unet_of(model)
     g = torch.Generator().manual_seed(seed)
-    ad = movie.GuidanceAdapter(u.model_channels, u.model_channels * 4, model_family(model), kind=kind, rank=4)
+    ad = guidance.GuidanceAdapter(u.model_channels, u.model_channels * 4, model_family(model), kind=kind, rank=4)
     for n, mod in model.model.named_modules():
         if n.startswith("diffusion_model.") and hasattr(mod, "weight_function") and mod.weight is not None \
                 and mod.weight.ndim >= 2:
@@ -124,8 +124,27 @@ def _fresh_adapter(model, seed=0, perturb=False, kind="lora"):
     return ad
 
 
+
+def test_student_data_survives_clone_and_cross_frame_attention(comfy, tiny):
+    """The guidance adapter is attached where ModelPatcher.clone() carries it: after Cross-Frame
+    Attention (a clone; the shipped movie_distilled_edit template puts it between Load Guidance
+    Adapter and the guider) the guider still warns outside the trained range, and One-Step Distill
+    still finds the teacher's adapter. The input MODEL carries nothing."""
+    from videoedit.nodes.movie.engine_guidance import guidance_adapter_of, make_student
+    from videoedit.nodes.movie.engine_onestep import teacher_adapter
+    model, instr, _ = tiny
+    ad = _fresh_adapter(model, perturb=True)
+    student = make_student(model, ad)
+    patched = comfy.node_classes["VideoEditCrossFrameAttention"].execute(student, "middle", 1).result[0]
+    assert patched is not student and guidance_adapter_of(patched) is ad
+    assert guidance_adapter_of(patched.clone().clone()) is ad
+    assert guidance_adapter_of(model) is None
+    info = comfy.node_classes["VideoEditCFGDistilledGuider"].execute(patched, instr, {"samples": _src()}, 5.0, 7.5).result[2]
+    assert "image_guidance 5 is outside the trained range [1, 3]" in info
+    assert teacher_adapter(patched) is ad
+
 def test_zero_initialised_student_equals_teacher_full_conditional(comfy, tiny):
-    from videoedit.nodes.nodes_movie import make_student, with_image
+    from videoedit.nodes.movie.engine_guidance import make_student, with_image
     model, instr, _ = tiny
     src = _src()
     for kind in ("lora", "full"):
@@ -139,7 +158,7 @@ def test_zero_initialised_student_equals_teacher_full_conditional(comfy, tiny):
 
 def test_distilled_guider_calls_unet_once_per_step(comfy, tiny):
     import comfy.samplers as cs  # binds cs only: `comfy` stays the fixture
-    from videoedit.nodes.nodes_movie import make_student
+    from videoedit.nodes.movie.engine_guidance import make_student
     model, instr, empty = tiny
     src = _src(2)
     for name, make in (
@@ -162,7 +181,7 @@ def test_distilled_guider_calls_unet_once_per_step(comfy, tiny):
 
 
 def test_knobs_change_distilled_output_and_out_of_range_warns(comfy, tiny):
-    from videoedit.nodes.nodes_movie import make_student
+    from videoedit.nodes.movie.engine_guidance import make_student
     model, instr, _ = tiny
     student = make_student(model, _fresh_adapter(model, perturb=True))
     node = comfy.node_classes["VideoEditCFGDistilledGuider"]
@@ -180,11 +199,11 @@ def test_knobs_change_distilled_output_and_out_of_range_warns(comfy, tiny):
 
 def test_adapter_save_reload_bit_identical(comfy, tiny):
     import folder_paths
-    from videoedit.nodes.nodes_movie import ADAPTER_FOLDER, make_student, save_adapter
+    from videoedit.nodes.movie.engine_guidance import ADAPTER_FOLDER, make_student, save_guidance_adapter
     model, instr, _ = tiny
     ad = _fresh_adapter(model, seed=7, perturb=True)
     path = f"{folder_paths.get_folder_paths(ADAPTER_FOLDER)[0]}/test_bitident.safetensors"
-    save_adapter(ad, path)
+    save_guidance_adapter(ad, path)
     src = _src()
     node = comfy.node_classes["VideoEditCFGDistilledGuider"]
     g1, lat, _ = node.execute(make_student(model, ad), instr, {"samples": src}, 1.8, 8.0).result
@@ -196,7 +215,7 @@ def test_adapter_save_reload_bit_identical(comfy, tiny):
 
 def test_bad_inputs_are_named(comfy, tiny):
     from harness.fixtures import build_model, tiny_unet_config
-    from videoedit.nodes.nodes_movie import make_student
+    from videoedit.nodes.movie.engine_guidance import make_student
     model, instr, empty = tiny
     sd_model = build_model(tiny_unet_config(), seed=4)
     with pytest.raises(ValueError, match=r"model: not an InstructPix2Pix model.*4 input channels"):

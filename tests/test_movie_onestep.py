@@ -13,20 +13,22 @@ import sys
 import pytest
 import torch
 
+from harness.pack import pack_module
+
 
 # ---------------------------------------------------------------------------- fixtures
 
 def _random_teacher_adapter(base, seed=7, embed_scale=0.05):
     """A guidance adapter whose scale embedding and deltas are not zero (harness.onestep_fixture)."""
     from harness.onestep_fixture import random_teacher_adapter
-    from videoedit.nodes import movie_distill as md
+    from videoedit.nodes.movie import engine_cfg_distill as md
     return random_teacher_adapter(base, seed, md, embed_scale)
 
 
 @pytest.fixture(scope="module")
 def tiny(comfy):
     from harness.fixtures import build_clip, build_model, tiny_unet_config
-    from videoedit.nodes.nodes_movie import make_student
+    from videoedit.nodes.movie.engine_guidance import make_student
     base = build_model(tiny_unet_config(ip2p=True), ip2p=True, seed=3)
     out = base.model.diffusion_model.out[2]
     with torch.no_grad():  # a random UNet's eps has unit variance whatever its input; LCM multiplies it by
@@ -38,14 +40,14 @@ def tiny(comfy):
 
 
 def _data(clip, frames=4, seed=0):
-    from videoedit.nodes import movie_distill as md
+    from videoedit.nodes.movie import engine_cfg_distill as md
     enc = lambda t: clip.encode_from_tokens_scheduled(clip.tokenize(t))[0][0]
     lat = torch.randn(frames, 4, 16, 16, generator=torch.Generator().manual_seed(seed))
     return md.DistillData(lat, lat, enc("make it snowy").expand(frames, -1, -1), enc(""))
 
 
 def _cfg(**kw):
-    from videoedit.nodes import movie_onestep_distill as od
+    from videoedit.nodes.movie import engine_onestep_distill as od
     return od.OneStepConfig(**{"v_steps": 2, "steps": 2, "batch_size": 2, "v_learning_rate": 1e-3,
                                "learning_rate": 1e-3, "disc_learning_rate": 1e-3, "rank": 2, "seed": 5,
                                "checkpoint_every": 1, **kw})
@@ -67,20 +69,11 @@ def _unpatched_weights(model) -> str:
 
 # ---------------------------------------------------------------- schedules and math
 
-def test_schedules_follow_the_schedulers():
-    from videoedit.nodes import movie_onestep as mo
-    assert mo.euler_discrete_timesteps(8).tolist() == [999, 856, 714, 571, 428, 285, 143, 0]
-    assert mo.lcm_timesteps(5).tolist() == [999, 799, 599, 399, 199]  # diffusers LCMScheduler, 50 original steps
-    assert mo.lcm_timesteps(1).tolist() == [999]
-    s = torch.tensor([0.0, 0.5, 14.6])
-    a, st = mo.vp_coefficients(s)
-    assert torch.allclose(a * a + st * st, torch.ones(3))  # alpha^2 + sigma^2 = 1
-
 
 def test_v_parameterisation_matches_comfyui_v_prediction(comfy, tiny):
     """x_0 from v here equals core's V_PREDICTION on the same output (what the sampler computes)."""
     from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
-    from videoedit.nodes import movie_onestep as mo
+    from videoedit.nodes.movie import onestep as mo
     base = tiny[0]
     ms = ModelSamplingDiscrete().patch(base, "v_prediction", False)[0].get_model_object("model_sampling")
     g = torch.Generator().manual_seed(0)
@@ -96,8 +89,8 @@ def test_v_conversion_target_is_alpha_eps_minus_sigma_x0_from_the_teachers_eps(c
     """The conversion's target, on the same inputs: the teacher MODEL's eps (through ComfyUI's own
     apply_model), then v = alpha_t eps - sigma_t x_0 by hand from the schedule's alphas_cumprod."""
     import comfy.model_management as mm
-    from videoedit.nodes import movie
-    from videoedit.nodes import movie_onestep_distill as od
+    from videoedit.nodes.movie import guidance
+    from videoedit.nodes.movie import engine_onestep_distill as od
     base, clip, teacher, _ = tiny
     d = od.OneStepDistiller(teacher, _data(clip), _cfg())
     with torch.inference_mode(False), torch.no_grad():
@@ -108,7 +101,7 @@ def test_v_conversion_target_is_alpha_eps_minus_sigma_x0_from_the_teachers_eps(c
         mm.load_models_gpu([teacher])
         sigma = teacher.get_model_object("model_sampling").sigmas[t].float()
         x = x_in * torch.sqrt(1 + sigma ** 2).view(-1, 1, 1, 1)  # k-space sample
-        opts = {**teacher.model_options["transformer_options"], movie.GUIDANCE_KEY: scales}
+        opts = {**teacher.model_options["transformer_options"], guidance.GUIDANCE_KEY: scales}
         denoised = teacher.model.apply_model(x, sigma, c_concat=src, c_crossattn=ctx, transformer_options=opts)
         eps = (x - denoised) / sigma.view(-1, 1, 1, 1)
     abar = 1 / (1 + sigma.double() ** 2)
@@ -121,7 +114,7 @@ def test_v_conversion_target_is_alpha_eps_minus_sigma_x0_from_the_teachers_eps(c
 
 def test_discriminator_noise_is_logit_normal_minus1_1():
     """t' on the discriminator's 1000-step schedule: P(t' <= k) = Phi(logit((k+1)/1000) + 1)."""
-    from videoedit.nodes import movie_onestep as mo
+    from videoedit.nodes.movie import onestep as mo
     n = 40000
     t = mo.discriminator_timesteps(n, torch.Generator().manual_seed(11))
     assert t.dtype == torch.long and t.min() >= 0 and t.max() <= 999
@@ -136,7 +129,7 @@ def test_discriminator_noise_is_logit_normal_minus1_1():
 
 def test_r1_in_the_discriminator_step_equals_its_definition():
     """A linear D(x) = sum(w * x) per head: grad_x D = w, so R1 = ||w||^2 per sample (batch mean)."""
-    from videoedit.nodes import movie_onestep as mo
+    from videoedit.nodes.movie import onestep as mo
     w = torch.tensor([[[[1.0, -2.0], [0.5, 3.0]]]])  # [1, 1, 2, 2]
     D = lambda x, sigma: [(x * w).sum(dim=(2, 3), keepdim=True)]  # one head, one "pixel"
     x0 = torch.zeros(2, 1, 2, 2)
@@ -149,7 +142,7 @@ def test_r1_in_the_discriminator_step_equals_its_definition():
 
 
 def test_discriminator_heads_see_knobs_t_and_prompt():
-    from videoedit.nodes import movie_onestep as mo
+    from videoedit.nodes.movie import onestep as mo
     heads = mo.DiscriminatorHeads([8, 16], prompt_dim=12, embed_dim=16, hidden=16, seed=0)
     g = torch.Generator().manual_seed(0)
     feats = [torch.randn(2, 8, 8, 8, generator=g), torch.randn(2, 16, 4, 4, generator=g)]
@@ -170,7 +163,7 @@ def trained(tiny):
     """v-prediction conversion + Alg. 2 on the tiny teacher, with hashes of everything that must
     stay frozen taken before and after."""
     import comfy.model_management as mm
-    from videoedit.nodes import movie_onestep_distill as od
+    from videoedit.nodes.movie import engine_onestep_distill as od
     base, clip, teacher, a1 = tiny
     cfg = _cfg(v_steps=10, steps=5, rank=8, v_learning_rate=3e-3, checkpoint_every=0, seed=0)
     d = od.OneStepDistiller(teacher, _data(clip), cfg)
@@ -261,7 +254,7 @@ def test_killed_run_resumes_exactly_across_both_stages(tiny, tmp_path):
     step-2 checkpoint (inside Alg. 2: heads, student and Adam state) and ends with the uninterrupted
     run's losses and weights."""
     from safetensors import safe_open
-    from videoedit.nodes import movie_onestep_distill as od
+    from videoedit.nodes.movie import engine_onestep_distill as od
     base, clip, teacher, _ = tiny
     data = _data(clip)
     cfg = lambda **kw: _cfg(v_steps=1, steps=3, checkpoint_every=2, **kw)
@@ -291,7 +284,7 @@ def test_killed_run_resumes_exactly_across_both_stages(tiny, tmp_path):
 def test_cancel_stops_and_keeps_a_checkpoint(comfy, tiny, tmp_path):
     import comfy.model_management as mm
     from safetensors import safe_open
-    from videoedit.nodes import movie_onestep_distill as od
+    from videoedit.nodes.movie import engine_onestep_distill as od
     base, clip, teacher, _ = tiny
     ck = str(tmp_path / "c.safetensors")
 
@@ -323,9 +316,9 @@ def test_nodes_end_to_end(comfy, tiny, monkeypatch):
     import comfy.utils as cu
     import folder_paths
     from harness.fixtures import build_model, tiny_unet_config
-    from videoedit.nodes.nodes_movie import make_student
+    from videoedit.nodes.movie.engine_guidance import make_student
     node = comfy.node_classes["VideoEditOneStepDistillTrain"]
-    mod = sys.modules[comfy.node_classes["VideoEditCFGDistillTrain"].__module__]  # the pack's training glue
+    mod = pack_module(comfy.node_classes["VideoEditCFGDistillTrain"], "host.training_ui")  # the running pack's
     sent, seen = [], []
     monkeypatch.setattr(mod, "send_to_ui", lambda e, d: sent.append((e, d)))
     old = cu.PROGRESS_BAR_HOOK
@@ -349,7 +342,8 @@ def test_nodes_end_to_end(comfy, tiny, monkeypatch):
     path = os.path.join(folder_paths.get_folder_paths("videoedit_onestep")[0], "test_onestep_node.safetensors")
     assert os.path.exists(path)
     loaded, linfo = comfy.node_classes["VideoEditLoadOneStepStudent"].execute(teacher, "test_onestep_node.safetensors").result
-    sd1, sd2 = student.videoedit_adapter.state_dict(), loaded.videoedit_adapter.state_dict()
+    from videoedit.nodes.movie.engine_guidance import guidance_adapter_of
+    sd1, sd2 = guidance_adapter_of(student).state_dict(), guidance_adapter_of(loaded).state_dict()
     assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
 
     sampler = comfy.node_classes["VideoEditOneStepSampler"]
@@ -376,7 +370,7 @@ def test_nodes_end_to_end(comfy, tiny, monkeypatch):
 
 def test_bad_inputs(comfy, tiny):
     from harness.fixtures import build_model, tiny_unet_config
-    from videoedit.nodes import movie_onestep_distill as od
+    from videoedit.nodes.movie import engine_onestep_distill as od
     base, clip, teacher, a1 = tiny
     node = comfy.node_classes["VideoEditOneStepDistillTrain"]
     vae = comfy.node_classes["VAELoader"]().load_vae("taesd")[0]
@@ -400,8 +394,8 @@ def test_bad_inputs(comfy, tiny):
     with pytest.raises(ValueError, match="model: not a one-step student"):
         sampler.execute(teacher, [[torch.zeros(1, 77, 64), {}]], src, 1.5, 7.5, 1, 0)
     # a student file applied to another teacher
-    from videoedit.nodes import movie_onestep as mo, nodes_movie_onestep as nmo
-    from videoedit.nodes.nodes_movie import make_student
+    from videoedit.nodes.movie import engine_onestep as nmo, onestep as mo
+    from videoedit.nodes.movie.engine_guidance import make_student
     other_teacher = make_student(base, _random_teacher_adapter(base, seed=21))
     ad = od.OneStepDistiller(teacher, _data(clip), _cfg()).adapter
     with pytest.raises(ValueError, match="trained on another guidance-distilled teacher"):
@@ -416,7 +410,7 @@ def test_mobile_pix2pix_removes_the_high_res_attention_and_no_other_layer_output
     input, same output (containers of a removed block excepted: their child is gone)."""
     import copy
     from harness.fixtures import build_model, tiny_unet_config
-    from videoedit.nodes.mobile_pix2pix import highest_resolution_attention
+    from videoedit.nodes.movie.mobile_pix2pix import highest_resolution_attention
     model = build_model(tiny_unet_config(ip2p=True), ip2p=True, seed=3)
     unet = model.model.diffusion_model
     removed = highest_resolution_attention(unet)

@@ -1,0 +1,172 @@
+"""TokenFlow DDIM inversion on a ComfyUI model (engine): inverts a video's latents frame by frame with deterministic DDIM in ComfyUI's
+sigma space (classifier-free guidance 1, as the paper's appendix), along the very sigmas the
+TokenFlow sampler will use, optionally refining every step by fixed-point iterations so a
+few steps round-trip almost exactly. The model is called only through ComfyUI's own sampling
+path (``comfy.samplers.CFGGuider`` with a custom KSAMPLER function), so patches, LoRAs,
+model_sampling (eps or v-prediction: the model call returns the denoised latent either way)
+and memory management behave as in any sampler; the input MODEL is not modified.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import comfy.conds
+import comfy.model_management
+import comfy.model_sampling
+import comfy.samplers
+import comfy.utils
+
+from ..core.frame_chunks import frame_chunks
+from . import ddim
+
+
+@dataclass
+class Inversion:
+    """What the DDIM Inverter hands to the TokenFlow sampler.
+
+    ``trajectory``: [steps + 1, frames, C, H, W] source latents in the model's latent space
+    (after ``process_latent_in``), ``trajectory[i]`` at ``sigmas[i]`` (sampling order);
+    ``sigmas``: the sampling sigmas (float32, CPU); ``fingerprint``: hash of model, frames,
+    conditioning and sigmas, so a sampler can refuse an inversion made for something else.
+    """
+    trajectory: torch.Tensor
+    sigmas: torch.Tensor
+    fingerprint: str
+    refine_iters: int
+    scheduler: str
+    model_id: str = ""  # hash of the model's signature: the sampler refuses another model
+    source_context: torch.Tensor | None = None  # the inversion prompt's cross-attention tokens [1, T, C]
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas) - 1
+
+
+def model_signature(model) -> tuple:
+    """Cheap identity of a ModelPatcher's weights: classes, patch set and two weight tensors."""
+    inner = model.model
+    params = list(inner.diffusion_model.parameters())
+    first, last = params[0].detach(), params[-1].detach()
+    return (type(inner).__name__, type(model.get_model_object("model_sampling")).__name__,
+            str(model.patches_uuid), len(model.patches), first.float().sum().item(), last.float().sum().item(),
+            tuple(first.shape), tuple(last.shape))
+
+
+def model_id(model) -> str:
+    """Short hash of ``model_signature``: which weights (and weight patches) a model has."""
+    return ddim.fingerprint(*model_signature(model))
+
+
+def check_model_sampling(model) -> None:
+    ms = model.get_model_object("model_sampling")
+    if not isinstance(ms, comfy.model_sampling.EPS):
+        raise ValueError(
+            f"model: TokenFlow's DDIM works in the x = x0 + sigma * noise space of eps- and "
+            f"v-prediction models (SD1.x, SD2.x, SDXL); this model samples with "
+            f"{type(ms).__name__} (a flow / rectified-flow model), which is not supported")
+
+
+def check_latent(samples: torch.Tensor, model) -> None:
+    if samples.ndim != 4:
+        raise ValueError(f"latent: expected image latents [frames, channels, height, width] (one per frame), "
+                         f"got shape {list(samples.shape)}")
+    if samples.shape[0] == 0:
+        raise ValueError("latent: the batch holds zero frames; encode a video with at least one frame")
+    channels = model.get_model_object("latent_format").latent_channels
+    if samples.shape[1] != channels:
+        raise ValueError(f"latent: {samples.shape[1]} channels, but this model works on {channels}-channel "
+                         "latents; encode the frames with the VAE of this model's family")
+
+
+def inversion_fingerprint(model, positive, samples: torch.Tensor, sigmas: torch.Tensor) -> str:
+    cond = positive[0][0] if positive and isinstance(positive[0][0], torch.Tensor) else repr(positive)[:200]
+    return ddim.fingerprint(*model_signature(model), samples, cond, sigmas.float())
+
+
+class FrameSelector:
+    """Per-chunk rows of batch-shaped conditioning (an InstructPix2Pix image, one per frame):
+    ComfyUI would otherwise give every chunk the first rows of the whole batch."""
+
+    def __init__(self, guider, num_frames: int):
+        self.items = []
+        for conds in (guider.conds or {}).values():
+            for c in conds:
+                for key, mc in c.get("model_conds", {}).items():
+                    t = getattr(mc, "cond", None)
+                    if isinstance(mc, comfy.conds.CONDRegular) and isinstance(t, torch.Tensor) \
+                            and t.ndim > 0 and t.shape[0] == num_frames and num_frames > 1:
+                        self.items.append((c["model_conds"], key, mc))
+
+    def select(self, idx: torch.Tensor | slice) -> None:
+        for store, key, full in self.items:
+            store[key] = full._copy_with(full.cond[idx])
+
+    def restore(self) -> None:
+        for store, key, full in self.items:
+            store[key] = full
+
+
+def ddim_invert_model(model, positive, samples: torch.Tensor, sigmas: torch.Tensor, refine_iters: int,
+                      frames_per_chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``ddim.ddim_invert`` through ComfyUI's sampling path, chunk by chunk.
+
+    Returns (trajectory in model latent space on the intermediate device, the noisiest latent
+    in LATENT space).
+    """
+    chunks = frame_chunks(samples.shape[0], frames_per_chunk)
+    steps = len(sigmas) - 1
+    pbar = comfy.utils.ProgressBar(steps * len(chunks))
+    store = comfy.model_management.intermediate_device()
+    out: dict[str, torch.Tensor] = {}
+
+    def step_done(_step: int) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        pbar.update(1)
+
+    def invert(model_k, x, sigmas_dev, extra_args=None, callback=None, disable=None):
+        extra_args = extra_args or {}
+        traj = None
+        selector = FrameSelector(guider, x.shape[0])  # per-frame image conditioning (IP2P) follows the chunk
+        for sl in chunks:
+            selector.select(sl)
+            xc = x[sl]
+
+            def eps_fn(xt: torch.Tensor, sigma: float, _n=xc.shape[0]) -> torch.Tensor:
+                s = torch.full((_n,), sigma, device=xt.device, dtype=xt.dtype)
+                return (xt - model_k(xt, s, **extra_args)) / sigma
+
+            tc = ddim.ddim_invert(eps_fn, xc, sigmas_dev, refine_iters, callback=step_done)
+            if traj is None:  # the only allocation that grows with video length
+                traj = torch.empty((tc.shape[0], x.shape[0], *tc.shape[2:]), dtype=torch.float32, device=store)
+            traj[:, sl] = tc.to(store, torch.float32)
+        selector.restore()
+        out["trajectory"] = traj
+        return traj[0].to(x.device, x.dtype)
+
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(positive, positive)
+    guider.set_cfg(1.0)  # the paper inverts with guidance 1 (cond only)
+    noised = guider.sample(torch.zeros_like(samples), samples, comfy.samplers.KSAMPLER(invert), sigmas,
+                           disable_pbar=True, seed=0)
+    return out["trajectory"], noised.to(comfy.model_management.intermediate_device())
+
+
+def invert_video(model, positive, latent: dict, steps: int, scheduler: str, refine_iters: int,
+                 frames_per_chunk: int) -> tuple[Inversion, dict]:
+    """The DDIM Inverter: checks, the sampling sigmas, the chunked inversion. Returns (the
+    inversion, the noised LATENT the sampler starts from)."""
+    samples = latent["samples"]
+    check_model_sampling(model)
+    check_latent(samples, model)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps)
+    sigmas = sigmas.float().cpu()
+    trajectory, noised = ddim_invert_model(model, positive, samples, sigmas, refine_iters, frames_per_chunk)
+    context = positive[0][0] if positive and isinstance(positive[0][0], torch.Tensor) else None
+    inv = Inversion(trajectory, sigmas, inversion_fingerprint(model, positive, samples, sigmas),
+                    refine_iters, scheduler, model_id(model),
+                    None if context is None else context[:1].detach().float().cpu().clone())
+    out_latent = {k: v for k, v in latent.items() if k != "noise_mask"}
+    out_latent["samples"] = noised
+    return inv, out_latent
