@@ -17,6 +17,7 @@ raises plain ``ComfyServerError``.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import socket
@@ -200,6 +201,14 @@ class ComfyServer:
 
     def get_json(self, path: str):
         return json.loads(self._get(path))
+
+    def alive(self, timeout: float = 5) -> bool:
+        """Whether the server answers GET /system_stats now."""
+        try:
+            self._get("/system_stats", timeout=timeout)
+            return True
+        except (OSError, ValueError, http.client.HTTPException):  # refused, reset, timeout, garbled
+            return False
 
     def object_info(self) -> dict:
         return self.get_json("/object_info")
