@@ -226,10 +226,7 @@ class Batch:
             self.stop("interrupted (Ctrl-C)")
             for w in self.workers:
                 if w.prompt_id:
-                    try:
-                        w.server.cancel(w.prompt_id)
-                    except Exception:  # noqa: BLE001 - best effort on the way out
-                        pass
+                    w.cancel_quietly(w.prompt_id)
             for w in self.workers:
                 w.thread.join(timeout=10)
         finally:
@@ -256,7 +253,8 @@ def connect_servers(urls: list[str], base_arg: str | None, port: int | None, ext
     """(servers, the embedded server to stop or None): the given URLs, else the embedded ComfyUI."""
     if urls:
         try:
-            return [ComfyServer.attach(u) for u in urls], None
+            servers = {s.url: s for s in map(ComfyServer.attach, urls)}  # one worker per server
+            return list(servers.values()), None
         except ValueError as e:
             raise SystemExit(f"--server: {e}")
     from . import embedded, runner
@@ -308,8 +306,9 @@ def main(argv: list[str] | None = None, observer=None) -> int:
         manifest = Manifest(args.out, wf_path.name)
     except (PlanError, BatchLocked, ValueError) as e:
         raise SystemExit(str(e))
-    servers, embedded_srv = connect_servers(args.server, args.base, args.port, extra)
-    try:
+    embedded_srv = None
+    try:  # the manifest's lock is released and an embedded server stopped, however this ends
+        servers, embedded_srv = connect_servers(args.server, args.base, args.port, extra)
         info = next((s.object_info() for s in servers if s.alive()), None)
         if info is None:
             raise SystemExit(f"no server answers: {', '.join(s.url for s in servers)}")

@@ -91,6 +91,8 @@ class Worker:
                                if lost else str(e).strip() or type(e).__name__)
                 if lost and not self.wait_until_back():
                     return
+                if not lost and self.prompt_id:
+                    self.cancel_quietly(self.prompt_id)  # e.g. past --job-timeout: it must not run on
             else:
                 self.batch.end(job, self, attempt, t0, "done", result=result)
             finally:
@@ -107,10 +109,7 @@ class Worker:
                     self.batch.log(f"{self.label} {self.server.url} answers again")
                 self.down_since, self.state = None, "idle"
                 if lost_prompt:  # the connection dropped but the server lived: do not let it run on
-                    try:
-                        self.server.cancel(lost_prompt)
-                    except Exception:  # noqa: BLE001 - best effort
-                        pass
+                    self.cancel_quietly(lost_prompt)
                 return True
             if self.down_since is None:
                 self.down_since = time.monotonic()
@@ -119,6 +118,12 @@ class Worker:
                 break
             delay = min(delay * 2, PROBE_MAX_S)
         return False
+
+    def cancel_quietly(self, prompt_id: str) -> None:
+        try:
+            self.server.cancel(prompt_id)
+        except Exception:  # noqa: BLE001 - best effort: the job is already recorded
+            pass
 
     def check_nodes(self) -> bool:
         missing = sorted(self.batch.required_classes - set(self.server.object_info()))
