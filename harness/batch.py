@@ -40,6 +40,8 @@ class Batch:
                  max_lost: int = 3, give_up_after: float = 600.0, observer=None, stream=None):
         self.jobs = {j.id: j for j in jobs}
         self.order = {j.id: i for i, j in enumerate(jobs)}
+        # --max-lost counts this run's losses: a rerun gives every job a fresh chance
+        self.earlier_attempts = {j.id: len(manifest.jobs[j.id]["attempts"]) for j in jobs}
         self.manifest, self.out_dir = manifest, manifest.out_dir
         self.job_timeout = math.inf if job_timeout is None else job_timeout
         self.max_lost, self.give_up_after, self.observer = max_lost, give_up_after, observer
@@ -78,6 +80,10 @@ class Batch:
 
     def state(self, job_id: str) -> str:
         return self.manifest.jobs[job_id]["state"]
+
+    def lost_count(self, job_id: str) -> int:
+        attempts = self.manifest.jobs[job_id]["attempts"][self.earlier_attempts[job_id]:]
+        return sum(a.get("result") == "server lost" for a in attempts)
 
     def nothing_left(self) -> bool:
         with self.cond:
@@ -129,7 +135,7 @@ class Batch:
                 else:
                     e.update(result)
                 msg = f"done {job.id}" + (f" -> {result['output']}" if job.kind == "edit" else "")
-            elif outcome == "server lost" and self.manifest.lost_count(job.id) < self.max_lost:
+            elif outcome == "server lost" and self.lost_count(job.id) < self.max_lost:
                 e["state"] = "pending"
                 msg = f"{worker.label} {worker.server.url} lost ({error}); {job.id} goes back to the queue"
             elif outcome == "interrupted":

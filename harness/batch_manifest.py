@@ -119,9 +119,6 @@ class Manifest:
             (self.out_dir / old).unlink(missing_ok=True)
         e["output"] = output
 
-    def lost_count(self, job_id: str) -> int:
-        return sum(a.get("result") == "server lost" for a in self.jobs[job_id]["attempts"])
-
     def remove_temp_files(self, job_ids) -> None:
         """Temp files left by a batch that was killed while writing (atomic_path names them
         ``.<name>.<random>``): only those of this batch's outputs and manifest."""

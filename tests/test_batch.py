@@ -208,32 +208,34 @@ def test_two_servers_one_killed_mid_job_then_resume(taesd_servers, tmp_path):
 
 def test_a_server_that_comes_back_is_used_again(tmp_path):
     """The only server dies mid-job and is restarted on the same URL: the batch waits for it
-    (probing) and finishes there."""
+    (probing) and runs the next job there; with --max-lost 1 the job it lost is failed, not retried."""
     clips_dir = tmp_path / "clips"
     _clips(clips_dir, 2)
     srv = _server(tmp_path / "base")
     restarted: list[ComfyServer] = []
-    events = []
+    killed = []
 
     def kill_and_restart(event, job_id, worker, data):
-        events.append(event)
-        if event == "executing" and data.get("node") and not restarted and srv.proc.poll() is None:
+        if event == "executing" and data.get("node") and not killed:
+            killed.append(job_id)
             srv.proc.kill()
             srv.proc.wait()
             threading.Thread(target=lambda: restarted.append(_server(srv.base, port=srv.port))).start()
 
     try:
         rc = batch_main(["taesd_video_roundtrip", "--videos", str(clips_dir), "--out", str(tmp_path / "out"),
-                         "--server", srv.url, "--give-up-after", "120"], observer=kill_and_restart)
+                         "--server", srv.url, "--max-lost", "1", "--give-up-after", "120"], observer=kill_and_restart)
     finally:
         srv.stop()
         for s in restarted:
             s.stop()
-    assert rc == 0 and restarted
+    assert rc == 1 and killed and restarted
     jobs = _manifest(tmp_path / "out")
-    results = [(att["server"], att["result"]) for j in jobs.values() for att in j["attempts"]]
-    assert sorted(results) == sorted([(srv.url, "server lost"), (srv.url, "done"), (srv.url, "done")])
-    assert sorted(p.name for p in (tmp_path / "out").glob("*.mp4")) == ["shot0.mp4", "shot1.mp4"]
+    other = next(j for j in jobs if j != killed[0])
+    assert [(a["server"], a["result"]) for a in jobs[killed[0]]["attempts"]] == [(srv.url, "server lost")]
+    assert jobs[killed[0]]["state"] == "failed" and "lost 1 times" in jobs[killed[0]]["error"]
+    assert [(a["server"], a["result"]) for a in jobs[other]["attempts"]] == [(srv.url, "done")]
+    assert [p.name for p in (tmp_path / "out").glob("*.mp4")] == [f"{other}.mp4"]
 
 
 @pytest.mark.slow
