@@ -8,10 +8,16 @@
 The server runs ``embedded.server_command(base, port)`` on a free 127.0.0.1 port; its log
 goes to a file whose tail is quoted whenever it dies or a run fails. It is always stopped
 on exit (terminate, then kill).
+
+``ComfyServer.attach(url)`` is the same client for a ComfyUI someone else started (any host);
+nothing is started or stopped then. A server that dies, drops the websocket or answers 502-504
+raises ``ServerLost`` (the prompt may run again elsewhere); a prompt that fails on its own merits
+raises plain ``ComfyServerError``.
 """
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import socket
@@ -26,6 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .embedded import REPO_ROOT, server_command
+from .pack import import_pack
+
+import_pack()
+from videoedit.nodes.atomic_file import atomic_path  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
@@ -36,6 +46,14 @@ EVENTS = ("execution_start", "execution_cached", "progress", "executing", "execu
 
 class ComfyServerError(RuntimeError):
     """The server died, refused a prompt, or a prompt failed; the message says why."""
+
+
+class ServerLost(ComfyServerError):
+    """The server died, closed the connection or is unreachable behind a proxy (502-504) while a
+    prompt was in flight: the prompt did not fail on its own merits."""
+
+
+PROXY_DOWN_CODES = (502, 503, 504)  # a reverse proxy's answers while the ComfyUI behind it is down
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -84,11 +102,23 @@ class ComfyServer:
         self.proc: subprocess.Popen | None = None
         self._log = None
         self._own_log = False  # a temporary log we made is removed on stop
+        self.remote_url: str | None = None  # set by attach(): a server this object did not start
+
+    @classmethod
+    def attach(cls, url: str) -> "ComfyServer":
+        """A client for a ComfyUI already running at ``url`` (http[s]://HOST:PORT, any machine).
+        Do not start() it; stop() leaves it running."""
+        parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"server URL '{url}': expected http://HOST:PORT (e.g. http://10.0.0.5:8188)")
+        srv = cls(REPO_ROOT, port=parts.port or (443 if parts.scheme == "https" else 80))
+        srv.remote_url = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+        return srv
 
     # ----------------------------------------------------------------- lifecycle
     @property
     def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
+        return self.remote_url or f"http://{LOOPBACK}:{self.port}"
 
     def start(self) -> "ComfyServer":
         if self.log_path is None:
@@ -149,6 +179,8 @@ class ComfyServer:
         self.stop()
 
     def log_tail(self, lines: int = 40) -> str:
+        if self.remote_url:
+            return f"(the log of {self.remote_url} is on that machine)"
         try:
             if self._log is not None:
                 self._log.flush()
@@ -170,6 +202,14 @@ class ComfyServer:
     def get_json(self, path: str):
         return json.loads(self._get(path))
 
+    def alive(self, timeout: float = 5) -> bool:
+        """Whether the server answers GET /system_stats now."""
+        try:
+            self._get("/system_stats", timeout=timeout)
+            return True
+        except (OSError, ValueError, http.client.HTTPException):  # refused, reset, timeout, garbled
+            return False
+
     def object_info(self) -> dict:
         return self.get_json("/object_info")
 
@@ -178,6 +218,8 @@ class ComfyServer:
         try:
             resp = json.loads(self._request("/prompt", data=body))
         except urllib.error.HTTPError as e:
+            if e.code in PROXY_DOWN_CODES:
+                raise ServerLost(f"{self.url} answered {e.code} {e.reason} to /prompt") from None
             detail = e.read().decode(errors="replace")
             try:
                 detail = _format_prompt_error(json.loads(detail))
@@ -200,6 +242,72 @@ class ComfyServer:
         q = urllib.parse.urlencode({"filename": filename, "subfolder": subfolder, "type": type})
         return self._get(f"/view?{q}", timeout=120)
 
+    def download(self, dest: Path, filename: str, subfolder: str = "", type: str = "output", **_) -> int:
+        """Stream a file from /view into ``dest`` atomically (a broken transfer leaves no file);
+        returns its size. For files too large to hold in memory (inversions, long videos)."""
+        q = urllib.parse.urlencode({"filename": filename, "subfolder": subfolder, "type": type})
+        with urllib.request.urlopen(self.url + f"/view?{q}", timeout=120) as r, atomic_path(dest) as tmp:
+            with open(tmp, "wb") as f:
+                size = 0
+                while chunk := r.read(1 << 20):
+                    f.write(chunk)
+                    size += len(chunk)
+            expected = r.headers.get("Content-Length")
+            if expected is not None and int(expected) != size:
+                raise ServerLost(f"{self.url}: /view of {subfolder}/{filename} ended after {size} of {expected} bytes")
+        return size
+
+    def file_size(self, filename: str, subfolder: str = "", type: str = "input") -> int | None:
+        """The size of a file in the server's input/output/temp folder (HEAD /view), None if absent."""
+        q = urllib.parse.urlencode({"filename": filename, "subfolder": subfolder, "type": type})
+        req = urllib.request.Request(self.url + f"/view?{q}", method="HEAD")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                length = r.headers.get("Content-Length")
+                return int(length) if length is not None else None
+        except urllib.error.HTTPError as e:
+            if e.code in PROXY_DOWN_CODES:
+                raise ServerLost(f"{self.url} answered {e.code} {e.reason} to HEAD /view") from None
+            if e.code in (400, 403, 404):
+                return None
+            raise
+
+    def upload(self, path: Path, filename: str, subfolder: str = "", type: str = "input") -> dict:
+        """POST /upload/image (ComfyUI takes any file there: videos, safetensors), streamed from
+        ``path``, overwriting a file of that name; returns the server's {name, subfolder, type}."""
+        path = Path(path)
+        boundary = uuid.uuid4().hex
+        fields = "".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+                         for k, v in (("type", type), ("subfolder", subfolder), ("overwrite", "true")))
+        head = (fields + f'--{boundary}\r\nContent-Disposition: form-data; name="image"; '
+                f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n').encode()
+        tail = f"\r\n--{boundary}--\r\n".encode()
+        size = path.stat().st_size
+
+        def body():
+            yield head
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    yield chunk
+            yield tail
+        req = urllib.request.Request(self.url + "/upload/image", data=body(), method="POST", headers={
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+            "Content-Length": str(len(head) + size + len(tail))})
+        try:
+            with urllib.request.urlopen(req, timeout=300) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            if e.code in PROXY_DOWN_CODES:
+                raise ServerLost(f"{self.url} answered {e.code} {e.reason} to /upload/image") from None
+            raise ComfyServerError(f"{self.url} refused the upload of {filename} to {type}/{subfolder}: "
+                                   f"{e.code} {e.reason}") from None
+
+    def cancel(self, prompt_id: str) -> None:
+        """Take ``prompt_id`` off the queue, or interrupt it if it is running (targeted: another
+        user's prompt on a shared server is left alone)."""
+        self._request("/queue", data=json.dumps({"delete": [prompt_id]}).encode(), timeout=10)
+        self._request("/interrupt", data=json.dumps({"prompt_id": prompt_id}).encode(), timeout=10)
+
     # ----------------------------------------------------------------- websocket
     def wait(self, prompt_id: str, client_id: str, timeout: float = 600, on_message=None) -> list:
         """Follow the websocket until ``prompt_id`` is done; return its [(event, data)].
@@ -209,9 +317,10 @@ class ComfyServer:
         """
         return asyncio.run(self._follow(None, prompt_id, client_id, timeout, on_message))[1]
 
-    def run(self, prompt: dict, timeout: float = 600, on_message=None) -> RunResult:
-        """Queue ``prompt``, follow it to the end, raise ComfyServerError if it failed."""
-        client_id = uuid.uuid4().hex
+    def run(self, prompt: dict, timeout: float = 600, on_message=None, client_id: str | None = None) -> RunResult:
+        """Queue ``prompt``, follow it to the end, raise ComfyServerError if it failed (ServerLost
+        if the server went away). ``on_message`` also gets ("queued", {"prompt_id": ...})."""
+        client_id = client_id or uuid.uuid4().hex
         prompt_id, messages = asyncio.run(self._follow(prompt, None, client_id, timeout, on_message))
         hist = self.history(prompt_id)
         if hist is None:
@@ -232,16 +341,18 @@ class ComfyServer:
         messages = []
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(f"ws://{LOOPBACK}:{self.port}/ws?clientId={client_id}",
-                                          max_msg_size=0) as ws:
+            ws_url = "ws" + self.url[len("http"):] + f"/ws?clientId={client_id}"
+            async with session.ws_connect(ws_url, max_msg_size=0) as ws:
                 if prompt is not None:
                     prompt_id = await asyncio.to_thread(self.queue_prompt, prompt, client_id)
+                    if on_message is not None:
+                        on_message("queued", {"prompt_id": prompt_id})
                 while True:
                     if time.monotonic() > deadline:
                         raise ComfyServerError(f"prompt {prompt_id} not done after {timeout:.0f} s")
                     if self.proc is not None and self.proc.poll() is not None:
-                        raise ComfyServerError(f"ComfyUI server died (code {self.proc.returncode}); log tail:\n"
-                                               f"{self.log_tail()}")
+                        raise ServerLost(f"ComfyUI server died (code {self.proc.returncode}); log tail:\n"
+                                         f"{self.log_tail()}")
                     try:
                         msg = await ws.receive(timeout=2.0)
                     except asyncio.TimeoutError:
@@ -249,8 +360,8 @@ class ComfyServer:
                             return prompt_id, messages  # finished while we were not listening
                         continue
                     if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR):
-                        raise ComfyServerError(f"websocket closed while waiting for {prompt_id}; log tail:\n"
-                                               f"{self.log_tail()}")
+                        raise ServerLost(f"websocket closed while waiting for {prompt_id}; log tail:\n"
+                                         f"{self.log_tail()}")
                     if msg.type != aiohttp.WSMsgType.TEXT:
                         continue  # binary preview images
                     data = json.loads(msg.data)
