@@ -43,11 +43,8 @@ def weight_options() -> list[str]:
 
 
 def missing_weights_message() -> str:
-    name, _, url = raft.known_files()[0]
     folder = os.path.join(folder_paths.models_dir, FOLDER)
-    return (f"raft_weights: no RAFT weights found. Put torchvision's RAFT checkpoint {name} ({url}, 21 MB) in "
-            f"{folder} (or in the torch hub cache, {raft.hub_checkpoint_dir()}), then refresh the node list; "
-            f"raft_small's {raft.known_files()[-1][0]} works too (less precise). Nothing is downloaded for you. "
+    return (f"raft_weights: no RAFT weights found: {raft.where_to_put(folder)}; then refresh the node list. "
             f"For a clip whose motion you know (the sample clip pans by a fixed shift) use flow = '{FLOW_PAN}'.")
 
 

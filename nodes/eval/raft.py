@@ -47,6 +47,14 @@ def hub_files() -> list[Path]:
     return [folder / name for name, _, _ in known_files() if (folder / name).is_file()]
 
 
+def where_to_put(folder: str | os.PathLike) -> str:
+    """What to download by hand, and where to put it (nothing is downloaded for the user)."""
+    name, _, url = known_files()[0]
+    return (f"put torchvision's RAFT checkpoint {name} ({url}, 21 MB) in {folder} (or in the torch hub cache, "
+            f"{hub_checkpoint_dir()}); raft_small's {known_files()[-1][0]} works too (less precise). "
+            "Nothing is downloaded for you")
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors file or a plain state dict saved with torch.save; anything else
     (pickled objects, other formats) is refused with a message that names the file."""
