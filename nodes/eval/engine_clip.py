@@ -20,6 +20,7 @@ import comfy.model_management
 import comfy.sd1_clip
 import comfy.utils
 
+from ..frame_chunks import frame_chunks
 from .clip_score import TowerShape, ClipPair, clip_frame, frame_scores, shared_space
 
 
@@ -85,17 +86,14 @@ def image_embeddings(clip_vision, frames: torch.Tensor, frames_per_chunk: int) -
     """[F, D] image embeddings, ``frames_per_chunk`` frames at a time (progress, cancel)."""
     if frames.ndim != 4 or frames.shape[0] < 1:
         raise ValueError(f"images: expected frames [T, H, W, 3], got {list(frames.shape)}")
-    if frames_per_chunk < 1:
-        raise ValueError(f"frames_per_chunk must be at least 1, got {frames_per_chunk}")
-    starts = range(0, frames.shape[0], frames_per_chunk)
-    bar = comfy.utils.ProgressBar(len(starts))
+    chunks = frame_chunks(frames.shape[0], frames_per_chunk)
+    bar = comfy.utils.ProgressBar(len(chunks))
     out = []
-    for i, s in enumerate(starts):
+    for i, chunk in enumerate(chunks):
         comfy.model_management.throw_exception_if_processing_interrupted()
         with torch.no_grad():
-            out.append(clip_vision.encode_image(frames[s:s + frames_per_chunk, :, :, :3], crop=True)["image_embeds"]
-                       .float().cpu())
-        bar.update_absolute(i + 1, len(starts))
+            out.append(clip_vision.encode_image(frames[chunk, :, :, :3], crop=True)["image_embeds"].float().cpu())
+        bar.update_absolute(i + 1, len(chunks))
     return torch.cat(out)
 
 

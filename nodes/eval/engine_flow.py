@@ -77,11 +77,14 @@ def load_raft(path: str) -> tuple[torch.nn.Module, str]:
     return _loaded[key]
 
 
-def _progress(total: int):
-    bar = comfy.utils.ProgressBar(total)
+def _progress():
+    """Progress per chunk of pairs, and the cancel check between chunks."""
+    bar = None
 
-    def on_chunk(done: int, _total: int) -> None:
-        bar.update_absolute(done, _total)
+    def on_chunk(done: int, total: int) -> None:
+        nonlocal bar
+        bar = bar or comfy.utils.ProgressBar(total)
+        bar.update_absolute(done, total)
         comfy.model_management.throw_exception_if_processing_interrupted()
     return on_chunk
 
@@ -91,9 +94,8 @@ def warp_error(edited: torch.Tensor, source: torch.Tensor, flow: str, raft_weigh
     """The warp error of ``edited`` against ``source``'s motion, and a description of the flow used."""
     comfy.model_management.throw_exception_if_processing_interrupted()
     device = comfy.model_management.get_torch_device()
-    n_chunks = -(-max(edited.shape[0] - 1, 1) // max(pairs_per_chunk, 1))
     if flow == FLOW_PAN:
-        result = clip_warp_error(edited, source, pan_flow_fn(*pan), pairs_per_chunk, device, _progress(n_chunks))
+        result = clip_warp_error(edited, source, pan_flow_fn(*pan), pairs_per_chunk, device, _progress())
         return result, f"known pan: the view moves by ({pan[0]}, {pan[1]}) pixels per frame"
     if flow != FLOW_RAFT:
         raise ValueError(f"flow: '{flow}' is not one of {FLOW_RAFT!r}, {FLOW_PAN!r}")
@@ -101,7 +103,7 @@ def warp_error(edited: torch.Tensor, source: torch.Tensor, flow: str, raft_weigh
     model, arch = load_raft(path)
     try:
         model.to(device)
-        result = clip_warp_error(edited, source, raft.flow_fn(model), pairs_per_chunk, device, _progress(n_chunks))
+        result = clip_warp_error(edited, source, raft.flow_fn(model), pairs_per_chunk, device, _progress())
     finally:
         model.to("cpu")
         comfy.model_management.soft_empty_cache()

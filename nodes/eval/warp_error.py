@@ -38,6 +38,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..frame_chunks import frame_chunks
+
 FB_RELATIVE, FB_ABSOLUTE = 0.01, 0.5          # forward-backward test (Sundaram et al. 2010)
 BOUNDARY_RELATIVE, BOUNDARY_ABSOLUTE = 0.01, 0.002   # motion-boundary test (same)
 
@@ -155,9 +157,9 @@ def clip_warp_error(edited: torch.Tensor, source: torch.Tensor, flow_fn: FlowFn,
         raise ValueError(f"pairs_per_chunk must be at least 1, got {pairs_per_chunk}")
     size = tuple(edited.shape[1:3])
     result = WarpErrorResult()
-    starts = list(range(0, n - 1, pairs_per_chunk))
-    for i, s in enumerate(starts):
-        e = min(s + pairs_per_chunk, n - 1)
+    chunks = frame_chunks(n - 1, pairs_per_chunk)   # pairs s..e-1 use frames s..e
+    for i, pairs in enumerate(chunks):
+        s, e = pairs.start, pairs.stop
         src = _as_chw(source[s:e + 1], size, device)
         edt = _as_chw(edited[s:e + 1], size, device)
         with torch.inference_mode():
@@ -167,5 +169,5 @@ def clip_warp_error(edited: torch.Tensor, source: torch.Tensor, flow_fn: FlowFn,
         result.per_pair += errors.tolist()
         result.valid_fraction += valid.tolist()
         if on_chunk is not None:
-            on_chunk(i + 1, len(starts))
+            on_chunk(i + 1, len(chunks))
     return result
