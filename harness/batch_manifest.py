@@ -26,7 +26,7 @@ from pathlib import Path
 from .pack import import_pack
 
 import_pack()
-from videoedit.nodes.atomic_file import atomic_write_bytes  # noqa: E402
+from videoedit.nodes.core.atomic_file import atomic_write_bytes  # noqa: E402
 
 FORMAT = "videoedit.batch/1"
 NAME = "manifest.json"

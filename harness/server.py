@@ -35,7 +35,7 @@ from .embedded import REPO_ROOT, server_command
 from .pack import import_pack
 
 import_pack()
-from videoedit.nodes.atomic_file import atomic_path  # noqa: E402
+from videoedit.nodes.core.atomic_file import atomic_path  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")

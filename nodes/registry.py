@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import ComfyExtension, io
 
+from .eval import nodes_eval
 from .eve import nodes_eve, nodes_eve_align
 from .movie import nodes_movie, nodes_movie_train
 from .taesd import nodes_taesd
 from .tokenflow import nodes_tokenflow
 
-NODE_MODULES = (nodes_taesd, nodes_tokenflow, nodes_movie, nodes_movie_train, nodes_eve, nodes_eve_align)
+NODE_MODULES = (nodes_taesd, nodes_tokenflow, nodes_movie, nodes_movie_train, nodes_eve, nodes_eve_align, nodes_eval)
 
 
 class VideoEditExtension(ComfyExtension):
