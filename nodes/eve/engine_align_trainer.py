@@ -83,8 +83,9 @@ class AlignData:
 
 
 def _skip_temporal(layer, x, *args):
-    """forward_timestep_embed patch: temporal layers off (the backbone alone), others as usual."""
-    return x if is_temporal(layer) else layer(x)
+    """forward_timestep_embed patch of our temporal layers (registered for their classes only):
+    the layer is skipped, so the pass is the backbone alone."""
+    return x
 
 
 def same_backbone(a, b) -> bool:
@@ -159,9 +160,12 @@ class Aligner:
             # a plain ModelPatcher (the non-dynamic delegate under dynamic VRAM): every weight
             # resident through forward and backward
             self.student = plain_model(base, "video_teacher" if video_teacher is not None else "edit_teacher").clone()
+            temporal = set()
             for path, block in list(self.student.object_patches.items()):
                 if any(is_temporal(c) for c in block.children()):
+                    temporal.update(type(c) for c in block.children() if is_temporal(c))
                     self.student.add_object_patch(path, _trainable_copy(block, _unpatched_block(self.student, path)))
+            self.temporal_classes = tuple(sorted(temporal, key=lambda c: c.__name__))
             gen = torch.Generator().manual_seed(cfg.seed)  # initial LoRA depends only on the seed
             self.switch = Switch()
             self.deltas: dict[str, LoRADelta] = {}
@@ -212,8 +216,8 @@ class Aligner:
     def _options(self, clips: int, temporal: bool) -> dict:
         to = dict(self.student.model_options.get("transformer_options", {}))
         patches = {k: list(v) for k, v in to.get("patches", {}).items()}
-        if not temporal:
-            patches["forward_timestep_embed_patch"] = [(nn.Module, _skip_temporal)] + \
+        if not temporal:  # keyed on our own layer classes: no other layer is ever routed here
+            patches["forward_timestep_embed_patch"] = [(cls, _skip_temporal) for cls in self.temporal_classes] + \
                 patches.get("forward_timestep_embed_patch", [])
         to["patches"] = patches
         to["cond_or_uncond"] = [0] * clips  # frames per clip = batch / clips (the temporal layers read this)
