@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -73,10 +74,14 @@ class RunResult:
 class ComfyServer:
     """Start/stop the real server; talk to it over HTTP and the websocket."""
 
-    def __init__(self, base: Path, port: int | None = None, extra_args: list[str] | None = None,
-                 startup_timeout: float = 120.0, log_path: Path | None = None, env: dict | None = None):
-        self.base = Path(base).resolve()
+    def __init__(self, base: Path | None, port: int | None = None, extra_args: list[str] | None = None,
+                 startup_timeout: float = 120.0, log_path: Path | None = None, env: dict | None = None,
+                 python: str | None = None, comfyui: Path | None = None, cpu: bool = True,
+                 host: str = LOOPBACK):
+        self.base = Path(base).resolve() if base is not None else None  # None: a server we did not start
+        self.host = host
         self.port = port or free_port()
+        self.python, self.comfyui, self.cpu = python, comfyui, cpu  # what start() runs (embedded.server_command)
         self.extra_args = list(extra_args or [])
         self.startup_timeout = startup_timeout
         self.log_path = Path(log_path) if log_path else None
@@ -86,9 +91,18 @@ class ComfyServer:
         self._own_log = False  # a temporary log we made is removed on stop
 
     # ----------------------------------------------------------------- lifecycle
+    @classmethod
+    def connect(cls, url: str) -> "ComfyServer":
+        """A client for a server that is already running at ``url`` (http://host:port); nothing is
+        started or stopped."""
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+            raise ValueError(f"server URL '{url}': expected http://HOST:PORT (e.g. http://127.0.0.1:8188)")
+        return cls(None, port=parts.port or 80, host=parts.hostname)
+
     @property
     def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> "ComfyServer":
         if self.log_path is None:
@@ -100,7 +114,8 @@ class ComfyServer:
         self._log = open(self.log_path, "wb")
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        cmd = server_command(self.base, self.port, self.extra_args)
+        cmd = server_command(self.base, self.port, self.extra_args, python=self.python or sys.executable,
+                             comfyui=self.comfyui, cpu=self.cpu)
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      cwd=str(REPO_ROOT), env=env)
         try:
@@ -193,6 +208,21 @@ class ComfyServer:
         "Free model and node cache" button does). The worker does it between prompts."""
         self._request("/free", data=json.dumps({"unload_models": True, "free_memory": True}).encode())
 
+    def upload_input(self, path: Path, name: str) -> str:
+        """Put a file into the server's input folder (core's POST /upload/image, which takes any
+        file, as the canvas's video upload does); returns the name the server stored it under."""
+        boundary = uuid.uuid4().hex
+        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"overwrite\"\r\n\r\ntrue\r\n"
+                f"--{boundary}\r\nContent-Disposition: form-data; name=\"type\"\r\n\r\ninput\r\n"
+                f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n"
+                "Content-Type: application/octet-stream\r\n\r\n").encode()
+        body = head + Path(path).read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+        req = urllib.request.Request(self.url + "/upload/image", data=body,
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            resp = json.loads(r.read())
+        return resp["name"] if not resp.get("subfolder") else f"{resp['subfolder']}/{resp['name']}"
+
     def history(self, prompt_id: str) -> dict | None:
         return self.get_json(f"/history/{urllib.parse.quote(prompt_id)}").get(prompt_id)
 
@@ -232,7 +262,7 @@ class ComfyServer:
         messages = []
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(f"ws://{LOOPBACK}:{self.port}/ws?clientId={client_id}",
+            async with session.ws_connect(f"ws://{self.host}:{self.port}/ws?clientId={client_id}",
                                           max_msg_size=0) as ws:
                 if prompt is not None:
                     prompt_id = await asyncio.to_thread(self.queue_prompt, prompt, client_id)
