@@ -31,6 +31,7 @@ import datetime
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -345,6 +346,9 @@ def resolve_target(args) -> Target:
     device = args.device if args.device != "auto" else ("cuda" if env["cuda"] else "cpu")
     if device == "cuda" and not env["cuda"]:
         raise SystemExit(f"--device cuda: torch {env['torch']} in {python} sees no CUDA device")
+    if not env["cuda"] and shutil.which("nvidia-smi"):
+        _print(f"WARNING: this machine has nvidia-smi but torch {env['torch']} in {python} sees no CUDA device "
+               "(a driver older than that torch's CUDA build?); checking on the CPU")
     return Target(comfyui, python, None, comfy_flags(python, comfyui), device,
                   {"comfyui": comfyui_version(comfyui), "torch": env["torch"], "frontend": env["frontend"]})
 

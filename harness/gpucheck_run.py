@@ -40,7 +40,7 @@ from .workflow_api import apply_overrides, load_workflow, to_api
 
 PROBE_NODE = "GPUCheckImageStats"
 TRAINER_INPUTS = frozenset({"steps", "output_name", "resume"})
-SETTLE_TIMEOUT = 120.0
+SETTLE_TIMEOUT = 600.0
 UNLOAD_WAIT = 10.0
 SAMPLE_SECONDS = 0.5
 
@@ -313,6 +313,8 @@ def run_workflow(check: CheckServer, path: Path, clip: str, *, mode: str, size: 
                 run.memory = stop()
     except ComfyServerError as e:
         run.error = str(e)
+        if check.server.proc is None or check.server.proc.poll() is None:
+            check.server.interrupt()  # a prompt past its timeout must not hold up the next workflow
         return run
     if check.probe:
         run.dynamic_vram = check.probe_state()["dynamic_vram"]

@@ -208,6 +208,11 @@ class ComfyServer:
         "Free model and node cache" button does). The worker does it between prompts."""
         self._request("/free", data=json.dumps({"unload_models": True, "free_memory": True}).encode())
 
+    def interrupt(self) -> None:
+        """Core's POST /interrupt: stop the prompt that is running (nodes stop at their next
+        interruption check)."""
+        self._request("/interrupt", data=b"{}")
+
     def upload_input(self, path: Path, name: str) -> str:
         """Put a file into the server's input folder (core's POST /upload/image, which takes any
         file, as the canvas's video upload does); returns the name the server stored it under."""
