@@ -297,20 +297,24 @@ def run_mode(target: Target, mode: Mode, base: Path, clip: str, workflows: list[
         srv = ComfyServer(base, extra_args=[*mode.args, *extra], python=target.python, comfyui=target.comfyui,
                           cpu=target.device == "cpu", startup_timeout=600,
                           log_path=base / "user" / f"gpucheck-{mode.key}.log")
-        _print(f"[{mode.key}] starting ComfyUI: {shlex.join(embedded.server_command(base, srv.port, srv.extra_args, srv.python, srv.comfyui, srv.cpu))}")
+        cmd = embedded.server_command(base, srv.port, srv.extra_args, srv.python, srv.comfyui, srv.cpu)
+        _print(f"[{mode.key}] starting ComfyUI: {shlex.join(cmd)}")
         return srv.start()
 
     try:
         server = ComfyServer.connect(target.url) if target.url else start()
         check = CheckServer(server, None if target.url else base)
-        header.setdefault("server", _server_versions(check))
+        header.setdefault("servers", {})[mode.key] = _server_versions(check)
         header["memory_source"] = ("measured in the server process (gpucheck probe)" if check.probe else
                                    "sampled from /system_stats every 0.5 s (no gpucheck probe in that server)")
         for i, path in enumerate(workflows, 1):
             _print(f"[{mode.key}] {i}/{len(workflows)} {path.stem}")
-            run = run_workflow(check, path, clip, mode=mode.key, size=args.size,
-                               expect_shape=(args.frames, args.size, args.size), input_overrides=args.inputs,
-                               timeout=args.timeout, progress=None if args.quiet else _progress_printer)
+            try:
+                run = run_workflow(check, path, clip, mode=mode.key, size=args.size,
+                                   expect_shape=(args.frames, args.size, args.size), input_overrides=args.inputs,
+                                   timeout=args.timeout, progress=None if args.quiet else _progress_printer)
+            except OSError as e:  # reading its outputs failed: the server stopped answering
+                run = WorkflowRun(path.stem, mode.key, error=f"{type(e).__name__} reading the results: {e}")
             rows.append((run, mode))
             mem = run.memory
             _print(f"[{mode.key}] {path.stem}: {verdict(run)}; {run.seconds} s, peak VRAM torch "
@@ -415,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for mode in modes:
         rows += run_mode(target, mode, base, clip, workflows, args, [*precision, *extra], header)
-    server = header.pop("server", {})
+    server = next(iter(header.get("servers", {}).values()), {})
     header.update(comfyui=f"{server.get('comfyui') or target.versions.get('comfyui')} "
                           f"({'server ' + target.url if target.url else target.comfyui})",
                   torch=server.get("torch") or target.versions.get("torch"),

@@ -310,11 +310,18 @@ def run_workflow(check: CheckServer, path: Path, clip: str, *, mode: str, size: 
         finally:
             run.seconds = round(time.monotonic() - t0, 2)
             if check.server.proc is None or check.server.proc.poll() is None:
-                run.memory = stop()
-    except ComfyServerError as e:
-        run.error = str(e)
+                try:
+                    run.memory = stop()
+                except OSError as e:
+                    run.memory = {"problem": f"peaks not read: {e}"}
+    except (ComfyServerError, OSError) as e:  # OSError: the server stopped answering HTTP
+        run.ok = False
+        run.error = f"{type(e).__name__}: {e}" if isinstance(e, OSError) else str(e)
         if check.server.proc is None or check.server.proc.poll() is None:
-            check.server.interrupt()  # a prompt past its timeout must not hold up the next workflow
+            try:
+                check.server.interrupt()  # a prompt past its timeout must not hold up the next workflow
+            except OSError:
+                pass
         return run
     if check.probe:
         run.dynamic_vram = check.probe_state()["dynamic_vram"]

@@ -280,8 +280,11 @@ class ComfyServer:
                     try:
                         msg = await ws.receive(timeout=2.0)
                     except asyncio.TimeoutError:
-                        if await asyncio.to_thread(self.history, prompt_id) is not None:
-                            return prompt_id, messages  # finished while we were not listening
+                        try:
+                            if await asyncio.to_thread(self.history, prompt_id) is not None:
+                                return prompt_id, messages  # finished while we were not listening
+                        except OSError:  # a server starved of CPU answers late; the deadline still holds
+                            pass
                         continue
                     if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR):
                         raise ComfyServerError(f"websocket closed while waiting for {prompt_id}; log tail:\n"
