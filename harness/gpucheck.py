@@ -253,7 +253,8 @@ Columns: seconds from queueing to the end of the run, cold (models unloaded and 
 before each workflow, so loading from disk is included); peak VRAM, torch allocated: torch's
 max_memory_allocated in the server process (weights comfy-aimdo holds for dynamic VRAM are not in it);
 peak VRAM, device used: total minus free on the device, sampled every 20 ms (every process on the GPU,
-the CUDA context included); peak RSS: the server process's peak resident memory (Linux VmHWM);
+the CUDA context included); peak RSS: the server process's peak resident memory (Linux VmHWM), which
+includes what it already held at the start (ComfyUI itself, freed memory glibc kept: host_rss_at_start);
 outputs: every IMAGE reaching an output or a video checked for NaN/inf and flat frames before it is
 written, every saved video decoded (size and frame count; all-flat fails only where no probe saw the
 frames before they were written), every trained weight file read back and checked finite."""

@@ -25,6 +25,7 @@ every 0.5 s from /system_stats, which is coarse and sees every process on the GP
 from __future__ import annotations
 
 import copy
+import json
 import tempfile
 import threading
 import time
@@ -129,11 +130,12 @@ class CheckServer:
     def start_measuring(self):
         """Reset the peaks; returns a function that stops measuring and returns them."""
         if self.probe:
-            self.server._request(f"{PROBE_ROUTE}/reset", data=b"{}")
+            at_start = json.loads(self.server._request(f"{PROBE_ROUTE}/reset", data=b"{}"))
 
             def stop() -> dict:
                 st = self.probe_state()
-                return {"source": "probe", **{k: st.get(k) for k in (
+                # the RSS the process already had (ComfyUI itself, memory glibc kept) is in the peak
+                return {"source": "probe", "host_rss_at_start": at_start.get("host_rss"), **{k: st.get(k) for k in (
                     "torch_peak_allocated", "torch_peak_reserved", "device_used_peak", "host_peak_rss")}}
             return stop
         return _StatsSampler(self).start()

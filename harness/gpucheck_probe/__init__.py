@@ -6,7 +6,7 @@ Inside the server process it adds what a client cannot see from outside:
 - ``GET /videoedit_gpucheck/state``: peaks since the last reset: torch's allocator
   (``max_memory_allocated`` / ``max_memory_reserved``), the device's used memory sampled every
   20 ms from ``torch.cuda.mem_get_info`` (it also sees what bypasses torch's allocator, e.g.
-  comfy-aimdo's dynamic-VRAM weights), the process's peak RSS (Linux VmHWM); whether dynamic
+  comfy-aimdo's dynamic-VRAM weights), the process's peak and current RSS (Linux VmHWM, VmRSS); whether dynamic
   VRAM is active (``comfy.memory_management.aimdo_enabled``; None where ComfyUI has none), the
   ModelPatcher class in use, how many models are loaded and whether queue flags (a /free) are
   still waiting for the worker.
@@ -90,11 +90,12 @@ def _cuda_device():
     return dev if isinstance(dev, torch.device) and dev.type == "cuda" else None
 
 
-def _host_peak_rss() -> int | None:
+def _host_rss(field: str) -> int | None:
+    """VmHWM (peak) or VmRSS (now) of this process, in bytes (Linux; None elsewhere)."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -127,7 +128,8 @@ def state(prompt_queue=None) -> dict:
         "model_patcher": patcher,
         "loaded_models": len(getattr(mm, "current_loaded_models", [])),
         "pending_flags": bool(getattr(prompt_queue, "flags", None)),
-        "host_peak_rss": _host_peak_rss(),
+        "host_peak_rss": _host_rss("VmHWM"),
+        "host_rss": _host_rss("VmRSS"),
         "torch_peak_allocated": None, "torch_peak_reserved": None, "device_used_peak": None,
     }
     if dev is not None:
