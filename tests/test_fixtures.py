@@ -104,3 +104,22 @@ def test_motion_module_ckpt_holds_the_same_tensors_for_weights_only_load(comfy):
     b = load_file(str(fixtures.animatediff_motion_module("v2")))
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in b)
     assert set(comfy.utils.load_torch_file(str(ckpt), safe_load=True)) == set(b)  # the pack's loader's path
+
+
+def test_link_never_replaces_a_users_file(tmp_path):
+    """Stand-ins go in under real file names: a real model already there must survive."""
+    src = fixtures.CACHE / "test-link-src.bin"
+    fixtures.CACHE.mkdir(parents=True, exist_ok=True)
+    src.write_bytes(b"random")
+    try:
+        folder = tmp_path / "models" / "checkpoints"
+        folder.mkdir(parents=True)
+        users = folder / "v1-5-pruned-emaonly-fp16.safetensors"
+        users.write_bytes(b"the user's real model")
+        assert fixtures._link(src, folder, users.name) is None
+        assert users.read_bytes() == b"the user's real model" and not users.is_symlink()
+        ours = fixtures._link(src, folder, "v2-1_512-ema-pruned.safetensors")
+        assert ours.is_symlink() and ours.resolve() == src.resolve()
+        assert fixtures._link(src, folder, ours.name) == ours  # relinking our own link is fine
+    finally:
+        src.unlink()
