@@ -203,45 +203,36 @@ def tiny_unet_config(ip2p: bool = False, model_channels: int = 32) -> dict:
 
 # ------------------------------------------------------------------------ full-size files
 
-def sd15_checkpoint(ip2p: bool = False) -> Path:
-    """Full-size random SD1.5 (or InstructPix2Pix) single-file checkpoint, fp16 (~2 GiB)."""
-    name = "sd15_ip2p_random" if ip2p else "sd15_random"
-    config = {"unet": sd15_unet_config(in_channels=8 if ip2p else 4), "vae": SD_VAE_DDCONFIG, "ip2p": ip2p}
-
+def _ldm_checkpoint(name: str, config: dict, unet_seed: int, clip_seed: int, family: str | None = None) -> Path:
+    """A random single-file LDM checkpoint (UNet + text encoder + SD VAE), fp16, saved through
+    ComfyUI's own save-side key conversion (what CheckpointSave writes): the layout of the real
+    files. ``family``: a comfy.supported_models class (default SD15 / SD15_instructpix2pix)."""
     def build(d: Path):
         use_comfy()
         import comfy.model_management
-        patcher = build_model(config["unet"], ip2p=ip2p, seed=10 + ip2p)
-        clip = build_clip(seed=11)
-        # ComfyUI's own save-side key conversion (what CheckpointSave writes): the LDM layout.
-        sd = patcher.model.state_dict_for_saving(clip.get_sd(), build_sd_vae(seed=12), None)
-        _save(sd, d / f"{name}.safetensors", what=name)
-        del patcher, clip
-        comfy.model_management.soft_empty_cache()
-
-    return _cached(name, config, build) / f"{name}.safetensors"
-
-
-def sd21_checkpoint() -> Path:
-    """Full-size random Stable Diffusion 2.1 base single-file checkpoint, fp16 (~2.6 GiB): the
-    architecture of v2-1_512-ema-pruned (TokenFlow's backbone), built through ComfyUI's SD20
-    config and saved with its key conversion (OpenCLIP text encoder under
-    cond_stage_model.model.*). LayerNorm biases start at zero, so ComfyUI's detection reads
-    it as an eps model, like the real 512 base (the 768 model is v-prediction)."""
-    name = "sd21_base_random"
-    config = {"unet": sd21_unet_config(), "vae": SD_VAE_DDCONFIG, "clip": "sd2_clip_h"}
-
-    def build(d: Path):
-        use_comfy()
-        import comfy.model_management
-        patcher = build_model(config["unet"], family="SD20", seed=13)
-        clip = build_clip(seed=14, sd2=True)
+        patcher = build_model(config["unet"], ip2p=config.get("ip2p", False), seed=unet_seed, family=family)
+        clip = build_clip(seed=clip_seed, sd2=family == "SD20")
         sd = patcher.model.state_dict_for_saving(clip.get_sd(), build_sd_vae(seed=12), None)
         _save(sd, d / f"{name}.safetensors", what=name)
         del patcher, clip, sd
         comfy.model_management.soft_empty_cache()
 
     return _cached(name, config, build) / f"{name}.safetensors"
+
+
+def sd15_checkpoint(ip2p: bool = False) -> Path:
+    """Full-size random SD1.5 (or InstructPix2Pix) single-file checkpoint, fp16 (~2 GiB)."""
+    config = {"unet": sd15_unet_config(in_channels=8 if ip2p else 4), "vae": SD_VAE_DDCONFIG, "ip2p": ip2p}
+    return _ldm_checkpoint("sd15_ip2p_random" if ip2p else "sd15_random", config, 10 + ip2p, 11)
+
+
+def sd21_checkpoint() -> Path:
+    """Full-size random Stable Diffusion 2.1 base checkpoint, fp16 (2.43 GiB): the architecture
+    of v2-1_512-ema-pruned (TokenFlow's backbone) through ComfyUI's SD20 config, OpenCLIP text
+    encoder under cond_stage_model.model.*. LayerNorm biases start at zero, so ComfyUI's
+    detection reads it as eps, like the real 512 base (the 768 model is v-prediction)."""
+    config = {"unet": sd21_unet_config(), "vae": SD_VAE_DDCONFIG, "clip": "sd2_clip_h"}
+    return _ldm_checkpoint("sd21_base_random", config, 13, 14, family="SD20")
 
 
 def sd15_vae() -> Path:
@@ -504,7 +495,8 @@ def stand_ins() -> dict[str, object]:
     }
 
 
-def _folder_of(name: str) -> str:
+def folder_of(name: str) -> str:
+    """The model folder of a real file name (public or pack-trained)."""
     from .model_catalog import PUBLIC, TRAINED
     return (PUBLIC.get(name) or TRAINED[name]).directory
 
@@ -519,7 +511,7 @@ def install_all(base: Path = DEFAULT_BASE) -> None:
     real file it stands in for, in that file's folder (what the shipped templates name)."""
     models = Path(base) / "models"
     for name, build in stand_ins().items():
-        _link(build(), models / _folder_of(name), name)
+        _link(build(), models / folder_of(name), name)
 
 
 def main() -> None:

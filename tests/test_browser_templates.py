@@ -178,7 +178,7 @@ def _hide_model_files(base: Path) -> list[tuple[Path, Path]]:
     hidden = base / "hidden-models"
     moved = []
     for name in fixtures.stand_ins():
-        src = base / "models" / fixtures._folder_of(name) / name
+        src = base / "models" / fixtures.folder_of(name) / name
         if src.is_symlink():
             dst = hidden / src.parent.name / name
             dst.parent.mkdir(parents=True, exist_ok=True)
