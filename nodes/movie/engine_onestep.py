@@ -16,13 +16,13 @@ from safetensors.torch import load_file
 
 import comfy.model_management
 import comfy.samplers
-import comfy.utils
 from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
 
 from ..core.atomic_file import atomic_save_safetensors
 from ..host.attach import attach, attached
 from ..host.folders import model_file_names, model_file_path, register_model_folder
 from ..host.model_family import require_ip2p
+from ..host.progress import SamplingProgress
 from . import guidance as movie, onestep as mo
 import comfy.model_sampling
 
@@ -124,11 +124,11 @@ def sample_onestep(model, instruction, source_latent, s_i: float, s_t: float, st
     ts = mo.lcm_timesteps(steps)
     sigmas = torch.cat([ms.sigmas.float().cpu()[ts], torch.zeros(1)])
     noise = torch.randn(src.shape, generator=torch.Generator().manual_seed(seed))
-    pbar = comfy.utils.ProgressBar(steps)
+    progress = SamplingProgress(steps, model, src.shape[0])  # all frames go through each step at once
 
     def callback(i, denoised, x, total):
         comfy.model_management.throw_exception_if_processing_interrupted()
-        pbar.update_absolute(i + 1, steps)
+        progress.advance(1, slice(0, denoised.shape[0]), denoised)
 
     out = guider.sample(noise, torch.zeros_like(src), comfy.samplers.sampler_object("lcm"), sigmas,
                         callback=callback, disable_pbar=True, seed=seed)
