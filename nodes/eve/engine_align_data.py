@@ -23,8 +23,8 @@ from ..core.edit_datasets import IMAGE_EXTS, load_image_square
 from ..core.training_runs import check_output_name
 from ..host.encoding import encode_images, encode_text
 from ..host.folders import input_folder_path, model_file_names, model_file_path, register_model_folder, save_folder
-from ..host.training_ui import run_checkpoint, run_with_live_chart
-from . import dino_features
+from ..host.training_ui import loss_curve_image, run_checkpoint, run_with_live_chart
+from . import align as eve_align, dino_features
 from .engine_align_trainer import AlignData, Aligner
 
 VIDEO_EXTS = (".mp4", ".webm", ".mov", ".mkv", ".gif", ".avi")
@@ -164,6 +164,11 @@ def save_lora(aligner: Aligner, path: str) -> None:
     meta = {"format": "kohya lora (lora_unet_*)", "videoedit": "EVE LoRA aligner (FDD)",
             "steps": str(aligner.steps), "rank": str(aligner.cfg.rank)}
     atomic_save_safetensors(aligner.lora_file(), path, meta)
+
+
+def loss_curve(history: list[float], cfg):
+    """The run's loss-curve IMAGE with its SDS-only and adversarial phases marked."""
+    return loss_curve_image(history, "FDD generator loss", phases=eve_align.loss_phases(cfg.steps, cfg.sds_fraction))
 
 
 def with_lora(model, path: str):
