@@ -316,7 +316,7 @@ def test_node_end_to_end_image_only(comfy, stack, tmp_path, monkeypatch):
                 2, 1, 1e-3, 2, 2, 1000, 1, 0.5, 1.0, 0, 1, name, False).result
     finally:
         cu.set_progress_bar_global_hook(old)
-    assert seen[-1] == (2, 2)
+    assert seen == [(2, 4), (4, 4), (0, 2), (1, 2), (2, 2)]  # 2 clips x 2 frames encoded, then the 2 steps
     steps = [d for e, d in sent if e == "videoedit.training" and "loss" in d]
     assert [d["step"] for d in steps] == [1, 2]
     assert curve.shape[0] == 1 and curve.shape[-1] == 3

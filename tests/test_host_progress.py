@@ -204,3 +204,24 @@ def test_onestep_sampler_previews_its_result(comfy, previews):
     final = student.model.latent_format.process_in(out["samples"])
     for panel, frame in zip(_panels(seen[-1][2], 3), (0, 2, 3)):
         assert np.abs(panel - _latent2rgb(student, final[frame])).max() <= 1
+
+
+def test_trainer_data_encoding_reports_frames_and_stops_within_one_chunk(comfy, previews):
+    """The trainers' data phase (host.encoding): progress per chunk of frames up to the frame
+    count, and a cancel stops it at the next chunk."""
+    import comfy.model_management as mm
+    from videoedit.nodes.host.encoding import encode_images, encoding_progress
+    vae = comfy.node_classes["VAELoader"]().load_vae("taesd")[0]
+    images = torch.rand(20, 32, 32, 3, generator=torch.Generator().manual_seed(0))
+    seen = previews("none")
+    lat = encode_images(vae, images, encoding_progress(20))
+    assert lat.shape == (20, 4, 4, 4) and [(v, t) for v, t, _ in seen] == [(8, 20), (16, 20), (20, 20)]
+    seen.clear()
+    progress = encoding_progress(20)
+    progress.bar.hook = lambda v, t, p, node_id=None: (seen.append((v, t, p)), mm.interrupt_current_processing(True))
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            encode_images(vae, images, progress)
+    finally:
+        mm.interrupt_current_processing(False)
+    assert [v for v, *_ in seen] == [8]
