@@ -166,22 +166,12 @@ def test_no_previews_when_off_or_headless(comfy, tiny, previews, monkeypatch):
     assert built == []
 
 
-def test_inverter_cancel_stops_within_one_chunk(comfy, tiny, previews):
+def test_inverter_cancel_stops_within_one_chunk(comfy, tiny, cancel_at):
     import comfy.model_management as mm
-    import comfy.utils as cu
-    seen = previews("none")
-    record = cu.PROGRESS_BAR_HOOK
-
-    def hook(value, total, preview, node_id=None):
-        record(value, total, preview)
-        mm.interrupt_current_processing(True)
-    cu.PROGRESS_BAR_HOOK = hook  # the fixture's monkeypatch puts the original back
-    try:
-        with pytest.raises(mm.InterruptProcessingException):
-            _invert(comfy, tiny, 7, steps=3, fpc=2)
-    finally:
-        mm.interrupt_current_processing(False)
-    assert [v for v, *_ in seen] == [2]
+    seen = cancel_at(1)
+    with pytest.raises(mm.InterruptProcessingException):
+        _invert(comfy, tiny, 7, steps=3, fpc=2)
+    assert seen == [(2, 21)]
 
 
 def test_onestep_sampler_previews_its_result(comfy, previews):
@@ -206,7 +196,7 @@ def test_onestep_sampler_previews_its_result(comfy, previews):
         assert np.abs(panel - _latent2rgb(student, final[frame])).max() <= 1
 
 
-def test_trainer_data_encoding_reports_frames_and_stops_within_one_chunk(comfy, previews):
+def test_trainer_data_encoding_reports_frames_and_stops_within_one_chunk(comfy, previews, cancel_at):
     """The trainers' data phase (host.encoding): progress per chunk of frames up to the frame
     count, and a cancel stops it at the next chunk."""
     import comfy.model_management as mm
@@ -216,12 +206,7 @@ def test_trainer_data_encoding_reports_frames_and_stops_within_one_chunk(comfy, 
     seen = previews("none")
     lat = encode_images(vae, images, encoding_progress(20))
     assert lat.shape == (20, 4, 4, 4) and [(v, t) for v, t, _ in seen] == [(8, 20), (16, 20), (20, 20)]
-    seen.clear()
-    progress = encoding_progress(20)
-    progress.bar.hook = lambda v, t, p, node_id=None: (seen.append((v, t, p)), mm.interrupt_current_processing(True))
-    try:
-        with pytest.raises(mm.InterruptProcessingException):
-            encode_images(vae, images, progress)
-    finally:
-        mm.interrupt_current_processing(False)
-    assert [v for v, *_ in seen] == [8]
+    seen = cancel_at(1)
+    with pytest.raises(mm.InterruptProcessingException):
+        encode_images(vae, images, encoding_progress(20))
+    assert seen == [(8, 20)]
