@@ -182,7 +182,9 @@ def render_loss_curve(losses: list[float], width: int = 640, height: int = 320, 
         draw(pts, PHASE_COLOURS[i % len(PHASE_COLOURS)])
 
     # legend: every phase (its colour), every other series; only when there are several
-    entries = [(PHASE_COLOURS[i % len(PHASE_COLOURS)], f"{label} (steps {first}-{min(end - 1, n)})")
+    def span(first: int, last: int) -> str:
+        return f"steps {first}-{last}" if last > first else f"step {first}"
+    entries = [(PHASE_COLOURS[i % len(PHASE_COLOURS)], f"{label} ({span(first, min(end - 1, n))})")
                for i, ((_, label), (first, end)) in enumerate(zip(phases, bounds))]
     entries += [(OTHER_COLOUR, label) for label in others]
     if len(entries) + (0 if phases else 1) > 1:
