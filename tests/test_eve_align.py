@@ -463,3 +463,26 @@ def test_dinov2_bad_files(comfy, stack, tmp_path):
         os.remove(target)
     with pytest.raises(ValueError, match=r"vae: the DINOv2 feature network sees pixels"):
         Aligner(stack["model"], stack["control"], None, stack["data"], _cfg(), net, None)
+
+
+def test_cancel_stops_at_the_next_step_and_keeps_a_checkpoint(comfy, stack, tmp_path):
+    """ComfyUI's Cancel pressed during step 1 of 3 stops the aligner before step 2 and leaves a
+    checkpoint of step 1 (the node resumes from it), as the node wires it (host.training_ui)."""
+    import comfy.model_management as mm
+    ck = str(tmp_path / "ck.safetensors")
+    steps = []
+
+    def cancel_at_1(step, loss):
+        steps.append(step)
+        if step == 1:
+            mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            _aligner(stack, checkpoint_every=100).run(
+                ck, on_step=cancel_at_1, interrupted=mm.throw_exception_if_processing_interrupted)
+    finally:
+        mm.interrupt_current_processing(False)
+    assert steps == [1]
+    from safetensors import safe_open
+    with safe_open(ck, framework="pt") as f:
+        assert f.metadata()["step"] == "1"

@@ -174,9 +174,9 @@ def test_inverter_cancel_stops_within_one_chunk(comfy, tiny, cancel_at):
     assert seen == [(2, 21)]
 
 
-def test_onestep_sampler_previews_its_result(comfy, previews):
-    """The One-Step Sampler (LCM through core's sampler callback): one update per step with a
-    preview; after the last step the preview is the returned latent's frames."""
+@pytest.fixture(scope="module")
+def onestep(comfy):
+    """A tiny random one-step student, its instruction and a 4-frame source latent."""
     from harness.fixtures import build_clip, build_model, tiny_unet_config
     from harness.onestep_fixture import random_teacher_adapter
     from videoedit.nodes.movie import engine_cfg_distill as md
@@ -187,6 +187,13 @@ def test_onestep_sampler_previews_its_result(comfy, previews):
     student = make_onestep_student(teacher, random_teacher_adapter(base, 9, md), {})
     instruction = comfy.node_classes["CLIPTextEncode"]().encode(build_clip(tiny=True), "make it snowy")[0]
     src = {"samples": torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(1))}
+    return student, instruction, src
+
+
+def test_onestep_sampler_previews_its_result(comfy, onestep, previews):
+    """The One-Step Sampler (LCM through core's sampler callback): one update per step with a
+    preview; after the last step the preview is the returned latent's frames."""
+    student, instruction, src = onestep
     seen = previews("latent2rgb")
     out, _ = comfy.node_classes["VideoEditOneStepSampler"].execute(student, instruction, src, 1.5, 7.5, 2, 0).result
     _check_progress(seen, 2)
@@ -194,6 +201,16 @@ def test_onestep_sampler_previews_its_result(comfy, previews):
     final = student.model.latent_format.process_in(out["samples"])
     for panel, frame in zip(_panels(seen[-1][2], 3), (0, 2, 3)):
         assert np.abs(panel - _latent2rgb(student, final[frame])).max() <= 1
+
+
+def test_onestep_sampler_cancel_stops_at_the_next_step(comfy, onestep, cancel_at):
+    """Cancel pressed during step 1 of 3 stops the One-Step Sampler before a second update."""
+    import comfy.model_management as mm
+    student, instruction, src = onestep
+    seen = cancel_at(1)
+    with pytest.raises(mm.InterruptProcessingException):
+        comfy.node_classes["VideoEditOneStepSampler"].execute(student, instruction, src, 1.5, 7.5, 3, 0)
+    assert seen == [(1, 3)]
 
 
 def test_trainer_data_encoding_reports_frames_and_stops_within_one_chunk(comfy, previews, cancel_at):
