@@ -53,10 +53,10 @@ FRAME_NODE = """(id) => {
     // the node at scale 1 near the top left of the canvas, room below it for its preview; the
     // page area to photograph
     const c = window.app.canvas, n = c.graph.getNodeById(id);
-    c.ds.scale = 1; c.ds.offset[0] = 300 - n.pos[0]; c.ds.offset[1] = 120 - n.pos[1];
+    c.ds.scale = 1; c.ds.offset[0] = 300 - n.pos[0]; c.ds.offset[1] = 104 - n.pos[1];
     c.setDirty(true, true);
     const r = c.canvas.getBoundingClientRect();
-    return {x: r.left + 260, y: r.top + 80, width: n.size[0] + 80, height: Math.min(r.height - 90, 780)};
+    return {x: r.left + 260, y: r.top + 66, width: n.size[0] + 80, height: Math.min(r.height - 76, 780)};
 }"""
 
 
