@@ -79,10 +79,10 @@ def run_printing_steps(run, total: int, out: Path, resume: bool, rank: int, labe
             print(f"step {step}/{total} {label} {loss:.6g}" + (f" {extra()}" if extra else ""), flush=True)
     return run(str(out / "checkpoint.safetensors"), resume, on_step=on_step)
 
-def save_loss_curve(history: list[float], title: str, path: Path) -> None:
+def save_loss_curve(history: list[float], title: str, path: Path, phases=None, others=None) -> None:
     import io as _io
     buf = _io.BytesIO()
-    render_loss_curve(history, title=title).save(buf, format="PNG")
+    render_loss_curve(history, title=title, phases=phases, others=others).save(buf, format="PNG")
     atomic_write_bytes(buf.getvalue(), str(path))
 
 

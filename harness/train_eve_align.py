@@ -90,7 +90,8 @@ def run(cfg: dict) -> dict:
     nea.save_lora(a, str(out / f"rank{rank}_lora.safetensors"))
     if rank == 0:
         nea.save_lora(a, str(out / "lora.safetensors"))
-        save_loss_curve(history, "FDD generator loss", out / "loss_curve.png")
+        save_loss_curve(history, "FDD generator loss", out / "loss_curve.png",
+                        phases=_pack("align").loss_phases(ac.steps, ac.sds_fraction))
     end_process_group(world)
     return {"rank": rank, "world": world, "steps": a.steps, "final_loss": history[-1] if history else None,
             "image_only": video is None}

@@ -61,6 +61,7 @@ def run(cfg: dict) -> dict:
     atomic_save_safetensors(sd, str(out / f"rank{rank}_weights.safetensors"), meta)
     if rank == 0:
         nmo.save_onestep_student(d.adapter, d.fingerprint, oc, str(out / "student.safetensors"))
-        save_loss_curve(history, "one-step distillation loss", out / "loss_curve.png")
+        save_loss_curve(history, "one-step distillation loss", out / "loss_curve.png",
+                        **od.loss_curve_series(history, d))
     end_process_group(world)
     return {"rank": rank, "world": world, "steps": d.adapter.steps, "final_loss": history[-1] if history else None}

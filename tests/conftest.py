@@ -73,3 +73,25 @@ def sample_clip(comfy_server):
     path = write_mp4(frames, comfy_server.base / "input" / SAMPLE_NAME, fps=8)
     return SimpleNamespace(path=path, name=SAMPLE_NAME, frames=frames, offsets=offsets, fps=8.0,
                            num_frames=8, height=64, width=64)
+
+
+# ------------------------------------------------------------- progress and cancel
+@pytest.fixture
+def cancel_at(comfy, monkeypatch):
+    """``cancel_at(k)``: record every progress update (value, total) from now on and press Cancel
+    (ComfyUI's interrupt) at the k-th; returns the list of updates. The interrupt is cleared and
+    the progress hook restored after the test. A node that honours cancel within one chunk shows
+    exactly k updates before InterruptProcessingException."""
+    import comfy.model_management as mm
+    import comfy.utils as cu
+    seen = []
+
+    def arm(k: int) -> list:
+        def hook(value, total, preview, node_id=None):
+            seen.append((value, total))
+            if len(seen) == k:
+                mm.interrupt_current_processing(True)
+        monkeypatch.setattr(cu, "PROGRESS_BAR_HOOK", hook)
+        return seen
+    yield arm
+    mm.interrupt_current_processing(False)

@@ -245,6 +245,15 @@ def test_node_shows_and_returns_the_scores(comfy, tiny_models, tiny_pair):
     json.dumps(out.ui)  # the history carries it as JSON
 
 
+def test_node_cancel_during_the_run_stops_at_the_next_chunk(comfy, tiny_models, tiny_pair, cancel_at):
+    import comfy.model_management as mm
+    vision, clip = tiny_models
+    seen = cancel_at(1)
+    with pytest.raises(mm.InterruptProcessingException):
+        comfy.node_classes["VideoEditClipScore"].execute(_frames(5), vision, clip, "a marble statue", 2)
+    assert seen == [(1, 3)]
+
+
 def test_node_cancel_and_empty_prompt(comfy, tiny_models, tiny_pair):
     import comfy.model_management as mm
     node = comfy.node_classes["VideoEditClipScore"]

@@ -114,6 +114,14 @@ def test_a_pickle_in_the_folder_is_refused(node, user_folder, clip):
         node.execute(clip, clip, "RAFT", "bad.pth", 0, 0, 1)
 
 
+def test_cancel_during_the_run_stops_at_the_next_chunk(node, clip, cancel_at):
+    import comfy.model_management as mm
+    seen = cancel_at(1)
+    with pytest.raises(mm.InterruptProcessingException):
+        node.execute(clip, clip, "known pan", "anything", 2, 1, 1)  # 4 pairs, one per chunk
+    assert seen == [(1, 4)]
+
+
 def test_cancel_stops_it(node, clip):
     import comfy.model_management as mm
     mm.interrupt_current_processing(True)

@@ -323,7 +323,7 @@ def test_node_end_to_end_image_only(comfy, stack, tmp_path, monkeypatch):
                 2, 1, 1e-3, 2, 2, 1000, 1, 0.5, 1.0, 0, 1, name, False, overwrite=True).result
     finally:
         cu.set_progress_bar_global_hook(old)
-    assert seen[-1] == (2, 2)
+    assert seen == [(2, 4), (4, 4), (0, 2), (1, 2), (2, 2)]  # 2 clips x 2 frames encoded, then the 2 steps
     steps = [d for e, d in sent if e == "videoedit.training" and "loss" in d]
     assert [d["step"] for d in steps] == [1, 2]
     assert curve.shape[0] == 1 and curve.shape[-1] == 3
@@ -471,3 +471,26 @@ def test_dinov2_bad_files(comfy, stack, tmp_path):
         os.remove(target)
     with pytest.raises(ValueError, match=r"vae: the DINOv2 feature network sees pixels"):
         Aligner(stack["model"], stack["control"], None, stack["data"], _cfg(), net, None)
+
+
+def test_cancel_stops_at_the_next_step_and_keeps_a_checkpoint(comfy, stack, tmp_path):
+    """ComfyUI's Cancel pressed during step 1 of 3 stops the aligner before step 2 and leaves a
+    checkpoint of step 1 (the node resumes from it), as the node wires it (host.training_ui)."""
+    import comfy.model_management as mm
+    ck = str(tmp_path / "ck.safetensors")
+    steps = []
+
+    def cancel_at_1(step, loss):
+        steps.append(step)
+        if step == 1:
+            mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            _aligner(stack, checkpoint_every=100).run(
+                ck, on_step=cancel_at_1, interrupted=mm.throw_exception_if_processing_interrupted)
+    finally:
+        mm.interrupt_current_processing(False)
+    assert steps == [1]
+    from safetensors import safe_open
+    with safe_open(ck, framework="pt") as f:
+        assert f.metadata()["step"] == "1"

@@ -117,7 +117,7 @@ def test_train_node_end_to_end(comfy, tiny, monkeypatch):
                                                 256, 3, 2, 1e-3, "lora", 2, 0, 2, name, True, frames=frames).result
     finally:
         cu.set_progress_bar_global_hook(old)
-    assert seen[-1] == (3, 3)
+    assert seen == [(2, 2), (0, 3), (1, 3), (2, 3), (3, 3)]  # the 2 frames' encoding, then the 3 steps
     steps = [d for e, d in sent if e == "videoedit.training" and "loss" in d]
     assert [d["step"] for d in steps] == [1, 2, 3] and all(d["total"] == 3 for d in steps)
     assert curve.shape[0] == 1 and curve.shape[-1] == 3

@@ -64,6 +64,15 @@ def test_progress_reports_every_chunk(comfy, taesd_nodes):
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
 
+def test_cancel_during_the_run_stops_at_the_next_chunk(comfy, taesd_nodes, cancel_at):
+    import comfy.model_management as mm
+    _, dec = taesd_nodes
+    seen = cancel_at(2)
+    with pytest.raises(mm.InterruptProcessingException):
+        dec.execute({"samples": torch.randn(7, 4, 8, 8)}, "taesd", 2)
+    assert seen == [(1, 4), (2, 4)]
+
+
 def test_cancel_stops_before_work(comfy, taesd_nodes):
     import comfy.model_management as mm
     _, dec = taesd_nodes

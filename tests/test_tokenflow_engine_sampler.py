@@ -294,7 +294,7 @@ def test_cancel_stops_within_one_chunk(tiny, nodes, inverted):
 
     def hook(value, total, preview, node_id=None):
         seen.append((value, total))
-        if value == 2:
+        if value == 5:  # after the keyframe pass (3 keyframes) and the first chunk (2 frames)
             mm.interrupt_current_processing(True)
     comfy.utils.set_progress_bar_global_hook(hook)
     try:
@@ -304,5 +304,5 @@ def test_cancel_stops_within_one_chunk(tiny, nodes, inverted):
         mm.interrupt_current_processing(False)
         comfy.utils.set_progress_bar_global_hook(None)
     total = seen[0][1]
-    assert total == inv.steps * 3  # 5 frames in chunks of 2, per step
-    assert [v for v, _ in seen] == [1, 2]
+    assert total == inv.steps * (3 + 5)  # frame passes: 3 keyframes and 5 frames (chunks of 2), per step
+    assert [v for v, _ in seen] == [3, 5]

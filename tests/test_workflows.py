@@ -69,10 +69,11 @@ def test_workflow_runs_end_to_end(path, check, sample_clip):
     assert set(chunked) <= executed  # our nodes' inputs changed (chunk size), so they ran
     progress = result.events("progress")
     assert progress, "no progress message arrived over the websocket"
-    for nid in chunked:  # 8 frames in chunks of 3: 1/3, 2/3, 3/3 (samplers: 3 chunks per step, k/3s)
+    for nid in chunked:  # 8 frames in chunks of 3: one update per chunk (per step for samplers), up to the total
         steps = [(d["value"], d["max"]) for d in progress if d["node"] == nid]
-        total = steps[-1][1] if steps else 0
-        assert total % 3 == 0 and steps == [(i, total) for i in range(1, total + 1)], (nid, steps)
+        values, total = [v for v, _ in steps], steps[-1][1] if steps else 0
+        assert len(steps) >= 3 and {m for _, m in steps} == {total}, (nid, steps)
+        assert values == sorted(set(values)) and values[-1] == total, (nid, steps)  # monotonic, ends at the total
 
     videos = result.videos()
     assert videos and run.videos, f"{path.name} saved no video: {result.outputs}"

@@ -63,6 +63,12 @@ def adversarial_from(total_steps: int, sds_fraction: float) -> int:
     return int(round(sds_fraction * total_steps)) + 1
 
 
+def loss_phases(total_steps: int, sds_fraction: float) -> list[tuple[int, str]]:
+    """The phases of an alignment run for its loss curve: (first step, label)."""
+    adv = adversarial_from(total_steps, sds_fraction)
+    return [(1, "SDS only")] * (adv > 1) + [(adv, "SDS + adversarial")] * (adv <= total_steps)
+
+
 def schedule_timesteps(indices: torch.Tensor, schedule_steps: int, num_timesteps: int) -> torch.Tensor:
     """Schedule step indices -> model timesteps, descending order (noisiest first).
 

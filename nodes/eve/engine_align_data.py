@@ -18,11 +18,11 @@ import torch.nn.functional as Fn
 
 from ..core.atomic_file import atomic_save_safetensors
 from ..core.edit_datasets import IMAGE_EXTS, load_image_square
-from ..host.encoding import encode_images, encode_text
+from ..host.encoding import encode_images, encode_text, encoding_progress
 from ..host.folders import data_path, model_file_names, model_file_path, register_model_folder
 from ..host.lora import load_model_lora
-from ..host.training_ui import run_files, run_with_live_chart
-from . import dino_features
+from ..host.training_ui import loss_curve_image, run_files, run_with_live_chart
+from . import align as eve_align, dino_features
 from .engine_align_trainer import AlignData, Aligner
 
 VIDEO_EXTS = (".mp4", ".webm", ".mov", ".mkv", ".gif", ".avi")
@@ -127,7 +127,7 @@ def clip_data(clip, vae, images, instruction: str, caption: str, frames: int) ->
     instr, capt = encode_text(clip, instruction.strip()), encode_text(clip, caption.strip())
     if instr.shape != capt.shape:
         raise ValueError("instruction / caption: they encode to different token counts; keep both under 75 tokens")
-    return AlignData(encode_images(vae, hints)[None], hints[None], instr, capt, encode_text(clip, ""), ["my clip"])
+    return AlignData(encode_images(vae, hints, encoding_progress(frames))[None], hints[None], instr, capt, encode_text(clip, ""), ["my clip"])
 
 
 def dataset_data(clip, vae, folder: str, frames: int, resolution: int) -> AlignData:
@@ -136,7 +136,8 @@ def dataset_data(clip, vae, folder: str, frames: int, resolution: int) -> AlignD
         raise ValueError(f"resolution: {resolution} is not a multiple of 8")
     entries = scan_dataset(path)
     hints = torch.stack([load_clip_frames(e["video"], frames, resolution, e["name"]) for e in entries])
-    lat = torch.stack([encode_images(vae, h) for h in hints])
+    progress = encoding_progress(hints.shape[0] * hints.shape[1])
+    lat = torch.stack([encode_images(vae, h, progress) for h in hints])
     instr = [encode_text(clip, e["instruction"]) for e in entries]
     capt = [encode_text(clip, e["caption"]) for e in entries]
     for texts, ctx in (("instruction", instr), ("caption", capt)):
@@ -164,6 +165,11 @@ def save_lora(aligner: Aligner, path: str, extra_meta: dict | None = None) -> No
     meta = {"format": "kohya lora (lora_unet_*)", "videoedit": "EVE LoRA aligner (FDD)",
             "steps": str(aligner.steps), "rank": str(aligner.cfg.rank), **(extra_meta or {})}
     atomic_save_safetensors(aligner.lora_file(), path, meta)
+
+
+def loss_curve(history: list[float], cfg):
+    """The run's loss-curve IMAGE with its SDS-only and adversarial phases marked."""
+    return loss_curve_image(history, "FDD generator loss", phases=eve_align.loss_phases(cfg.steps, cfg.sds_fraction))
 
 
 def with_lora(model, path: str):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 
 from ..host.trainer_inputs import node_id, overwrite_input, run_inputs, trainer_outputs
-from ..host.training_ui import loss_curve_image, resumed_note
+from ..host.training_ui import resumed_note
 from . import CATEGORY, engine_align_data as data
 from .engine_align_trainer import AlignConfig
 
@@ -112,7 +112,7 @@ class LoRAAligner(io.ComfyNode):
         text = (f"saved {lora_path} after {aligner.steps} steps ({len(clips.names)} clips, "
                 f"{'image-only' if video_teacher is None else 'edit + video teachers'}); last step: {last or 'n/a'}"
                 + resumed_note(start))
-        return io.NodeOutput(student, loss_curve_image(history, "FDD generator loss"), text)
+        return io.NodeOutput(student, data.loss_curve(history, cfg), text)
 
 
 NODES = [LoRAAligner]

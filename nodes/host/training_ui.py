@@ -72,9 +72,11 @@ def run_with_live_chart(run, total: int, ckpt: str, resume: bool, node=None, nam
     return history, start
 
 
-def loss_curve_image(history: list[float], title: str):
-    """The loss history as a ComfyUI IMAGE [1, H, W, 3]."""
-    return image_to_tensor(render_loss_curve(history, title=title))
+def loss_curve_image(history: list[float], title: str, phases: list[tuple[int, str]] | None = None,
+                     others: dict[str, tuple[list[int], list[float]]] | None = None):
+    """The loss history as a ComfyUI IMAGE [1, H, W, 3] (``phases``/``others``: see
+    ``core.loss_curve.render_loss_curve``)."""
+    return image_to_tensor(render_loss_curve(history, title=title, phases=phases, others=others))
 
 
 def resumed_note(start: int) -> str:

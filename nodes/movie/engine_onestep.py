@@ -22,6 +22,7 @@ from ..host.attach import attach, attached
 from ..host.folders import model_file_names, model_file_path, register_model_folder
 from ..host.model_family import require_ip2p
 from ..host.model_sampling import with_discrete_sampling
+from ..host.progress import SamplingProgress
 from . import guidance as movie, onestep as mo
 import comfy.model_sampling
 
@@ -128,11 +129,11 @@ def sample_onestep(model, instruction, source_latent, s_i: float, s_t: float, st
     ts = mo.lcm_timesteps(steps)
     sigmas = torch.cat([ms.sigmas.float().cpu()[ts], torch.zeros(1)])
     noise = torch.randn(src.shape, generator=torch.Generator().manual_seed(seed))
-    pbar = comfy.utils.ProgressBar(steps)
+    progress = SamplingProgress(steps, model, src.shape[0])  # all frames go through each step at once
 
     def callback(i, denoised, x, total):
         comfy.model_management.throw_exception_if_processing_interrupted()
-        pbar.update_absolute(i + 1, steps)
+        progress.advance(1, slice(0, denoised.shape[0]), denoised)
 
     out = guider.sample(noise, torch.zeros_like(src), comfy.samplers.sampler_object("lcm"), sigmas,
                         callback=callback, disable_pbar=True, seed=seed)

@@ -29,7 +29,7 @@ from ..core.trainer_loop import run_training_loop
 from ..core.weight_deltas import CloneWeight
 from ..host.model_family import model_family, unet_of
 from ..host.training_models import plain_model, training_mode
-from ..host.training_ui import run_files, run_with_live_chart
+from ..host.training_ui import loss_curve_image, run_files, run_with_live_chart
 from . import guidance as movie, onestep as mo
 from .engine_cfg_distill import DistillData, Distiller
 from .engine_onestep import STUDENT_FOLDER, make_onestep_student, save_onestep_student, teacher_adapter
@@ -389,6 +389,20 @@ def run_paths(output_name: str, resume: bool = True, overwrite: bool = False) ->
     an old-layout one-step checkpoint, <name>/onestep_checkpoint.safetensors, is moved to the new place)."""
     return run_files(TRAINER_KIND, output_name, "onestep_checkpoint.safetensors", "teacher", STUDENT_FOLDER, resume,
                      overwrite)
+
+
+def loss_curve(history: list[float], d: OneStepDistiller):
+    """The run's loss-curve IMAGE: v-prediction then adversarial phase, and the discriminator loss of
+    this session's adversarial steps (the last ones of the history)."""
+    return loss_curve_image(history, "one-step distillation loss", **loss_curve_series(history, d))
+
+
+def loss_curve_series(history: list[float], d: OneStepDistiller) -> dict:
+    """``phases`` and ``others`` of the run's loss curve (``core.loss_curve.render_loss_curve``)."""
+    total = len(history)
+    steps = list(range(total - len(d.d_losses) + 1, total + 1))
+    return {"phases": mo.loss_phases(d.cfg.v_steps, total),
+            "others": {"discriminator": (steps, list(d.d_losses))} if d.d_losses else None}
 
 
 def train_and_save(teacher, data: DistillData, cfg: OneStepConfig, ckpt: str, path: str, resume: bool,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from ..core.edit_datasets import load_image_square, scan_edit_triples
-from ..host.encoding import encode_images, encode_text
+from ..host.encoding import encode_images, encode_text, encoding_progress
 from ..host.folders import data_path
 from .engine_cfg_distill import DistillData
 
@@ -30,7 +30,7 @@ def frames_data(clip, vae, frames, instructions: str) -> DistillData:
     lines = [l.strip() for l in (instructions or "").splitlines() if l.strip()]
     if not lines:
         raise ValueError("instructions: write at least one edit instruction (one per line)")
-    lat = encode_images(vae, frames)
+    lat = encode_images(vae, frames, encoding_progress(frames.shape[0]))
     ctx = [encode_text(clip, l) for l in lines]
     _same_context(ctx, lines)
     n, k = lat.shape[0], len(lines)
@@ -56,5 +56,6 @@ def folder_data(clip, vae, folder: str, resolution: int) -> DistillData:
     edt = torch.stack([load_image_square(e, resolution) for _, _, e, _ in triples])
     ctx = [encode_text(clip, t) for *_, t in triples]
     _same_context(ctx, [t for *_, t in triples])
-    return DistillData(encode_images(vae, edt), encode_images(vae, src), torch.cat(ctx), encode_text(clip, ""),
-                       [i for i, *_ in triples])
+    progress = encoding_progress(2 * len(triples))
+    return DistillData(encode_images(vae, edt, progress), encode_images(vae, src, progress), torch.cat(ctx),
+                       encode_text(clip, ""), [i for i, *_ in triples])

@@ -168,7 +168,7 @@ class OneStepDistillTrain(io.ComfyNode):
         text = (f"saved {path} after {d.adapter.steps} steps ({cfg.v_steps} v-prediction + {cfg.steps} adversarial, "
                 f"{len(data.x0)} training pairs); final loss {last}, discriminator loss {last_d}; teacher adapter "
                 f"{d.fingerprint}" + resumed_note(start))
-        return io.NodeOutput(student, loss_curve_image(history, "one-step distillation loss"), text)
+        return io.NodeOutput(student, onestep_distill.loss_curve(history, d), text)
 
 
 NODES = [CFGDistillTrain, OneStepDistillTrain]

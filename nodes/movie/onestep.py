@@ -220,6 +220,11 @@ def generator_step_loss(D, x0: torch.Tensor, x0_hat: torch.Tensor, sigma_d: torc
     return generator_loss(x0_hat, x0, d_fake, lambda_mse, lambda_gen)
 
 
+def loss_phases(v_steps: int, total_steps: int) -> list[tuple[int, str]]:
+    """The phases of a One-Step Distill run for its loss curve: (first step, label)."""
+    return [(1, "v-prediction")] * (v_steps > 0) + [(v_steps + 1, "adversarial (generator)")] * (v_steps < total_steps)
+
+
 def adapter_fingerprint(adapter) -> str:
     """A hash of a guidance adapter's tensors: ties a one-step student to the teacher it was trained on."""
     sd, _ = adapter.to_state()

@@ -16,9 +16,9 @@ import comfy.conds
 import comfy.model_management
 import comfy.model_sampling
 import comfy.samplers
-import comfy.utils
 
 from ..core.frame_chunks import frame_chunks
+from ..host.progress import SamplingProgress
 from . import ddim
 
 
@@ -117,25 +117,29 @@ def ddim_invert_model(model, positive, samples: torch.Tensor, sigmas: torch.Tens
     """
     chunks = frame_chunks(samples.shape[0], frames_per_chunk)
     steps = len(sigmas) - 1
-    pbar = comfy.utils.ProgressBar(steps * len(chunks))
     store = comfy.model_management.intermediate_device()
     out: dict[str, torch.Tensor] = {}
-
-    def step_done(_step: int) -> None:
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        pbar.update(1)
 
     def invert(model_k, x, sigmas_dev, extra_args=None, callback=None, disable=None):
         extra_args = extra_args or {}
         traj = None
         selector = FrameSelector(guider, x.shape[0])  # per-frame image conditioning (IP2P) follows the chunk
+        # progress in frame steps; the preview shows each frame's latest denoised estimate (the
+        # source, reconstructed from ever more noise), starting from the source itself
+        progress = SamplingProgress(steps * x.shape[0], model, x.shape[0], start=x)
         for sl in chunks:
             selector.select(sl)
             xc = x[sl]
+            last = {}
 
             def eps_fn(xt: torch.Tensor, sigma: float, _n=xc.shape[0]) -> torch.Tensor:
                 s = torch.full((_n,), sigma, device=xt.device, dtype=xt.dtype)
-                return (xt - model_k(xt, s, **extra_args)) / sigma
+                last["denoised"] = model_k(xt, s, **extra_args)
+                return (xt - last["denoised"]) / sigma
+
+            def step_done(_step: int, _sl=sl) -> None:
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                progress.advance(_sl.stop - _sl.start, _sl, last["denoised"])
 
             tc = ddim.ddim_invert(eps_fn, xc, sigmas_dev, refine_iters, callback=step_done)
             if traj is None:  # the only allocation that grows with video length

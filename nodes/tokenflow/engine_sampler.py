@@ -39,10 +39,10 @@ import torch
 import comfy.k_diffusion.sampling
 import comfy.model_management
 import comfy.samplers
-import comfy.utils
 import folder_paths
 
 from ..core.frame_chunks import frame_chunks
+from ..host.progress import SamplingProgress
 from . import ddim, propagation
 from .engine_inversion import FrameSelector, Inversion, check_model_sampling, model_id
 from .engine_patches import TokenFlowState, patch_model
@@ -125,7 +125,9 @@ def tokenflow_sample(model, positive, negative, cfg: float, inv: Inversion, star
     steps = len(sigmas) - 1
     fpc = frames_per_chunk
     chunks = frame_chunks(n, fpc)
-    pbar = comfy.utils.ProgressBar(steps * len(chunks))
+    # progress in frame passes: per step the keyframe pass (its keyframes; counted also at steps
+    # where it does not run, so the total is known up front) and every frame of the chunk passes
+    keys_per_step = 0 if state is None else len(range(0, n, interval))
     gen = torch.Generator().manual_seed(seed)
     guider = comfy.samplers.CFGGuider(model)
     guider.set_conds(positive, negative)
@@ -134,6 +136,7 @@ def tokenflow_sample(model, positive, negative, cfg: float, inv: Inversion, star
     def loop(model_k, x, sigmas_dev, extra_args=None, callback=None, disable=None):
         extra_args = dict(extra_args or {})
         selector = FrameSelector(guider, n)
+        progress = SamplingProgress(steps * (keys_per_step + n), model, n)
         s_in = x.new_ones([x.shape[0]])
 
         def denoise(rows, frames_idx):
@@ -149,7 +152,7 @@ def tokenflow_sample(model, positive, negative, cfg: float, inv: Inversion, star
                 if state is None:
                     for sl in chunks:
                         denoised[sl] = denoise(sl, sl)
-                        pbar.update(1)
+                        progress.advance(sl.stop - sl.start, sl, denoised[sl])
                 else:
                     state.clear_step()
                     state.inject_conv = pnp_f_t > 0 and propagation.pnp_inject(traj_i, inv.steps, pnp_f_t)
@@ -166,6 +169,7 @@ def tokenflow_sample(model, positive, negative, cfg: float, inv: Inversion, star
                         if not state.propagate:
                             denoised[keyframes] = kf_denoised
                         del kf_denoised
+                    progress.advance(keys_per_step)
                     plans = propagation.plan_chunks(n, keyframes, fpc)
                     for plan in plans:
                         comfy.model_management.throw_exception_if_processing_interrupted()
@@ -184,7 +188,7 @@ def tokenflow_sample(model, positive, negative, cfg: float, inv: Inversion, star
                             is_kf[keyframes] = True
                             keep = ~is_kf[sl].to(out.device)
                             denoised[sl][keep] = out[keep]
-                        pbar.update(1)
+                        progress.advance(sl.stop - sl.start, sl, denoised[sl])
                     state.phase = "off"
                     state.src_latent = None
                 d = comfy.k_diffusion.sampling.to_d(x, sigma, denoised)
