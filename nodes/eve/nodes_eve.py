@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
+from ..host.checked_node import CheckedNode
 from ..host.folders import model_file_names
 from . import CATEGORY, engine_video_adapter as engine
 from .temporal_adapter import fresh_adapter
@@ -17,7 +18,7 @@ _ANCHOR_TIP = ("Anchor on the first frame (EVE): frame 0 is edited by the image-
                "temporal layer lets the other frames attend to it without changing it.")
 
 
-class LoadVideoAdapter(io.ComfyNode):
+class LoadVideoAdapter(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -36,7 +37,7 @@ class LoadVideoAdapter(io.ComfyNode):
 
 
 
-class InitVideoAdapter(io.ComfyNode):
+class InitVideoAdapter(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -63,7 +64,7 @@ class InitVideoAdapter(io.ComfyNode):
 
 
 
-class SaveVideoAdapter(io.ComfyNode):
+class SaveVideoAdapter(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -82,7 +83,7 @@ class SaveVideoAdapter(io.ComfyNode):
 
 
 
-class ApplyVideoAdapter(io.ComfyNode):
+class ApplyVideoAdapter(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -102,7 +103,7 @@ class ApplyVideoAdapter(io.ComfyNode):
 
 
 
-class AdapterStacker(io.ComfyNode):
+class AdapterStacker(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
+from ..host.checked_node import CheckedNode
 from ..host.model_family import require_ip2p
 from ..host.trainer_inputs import node_id, run_inputs, trainer_outputs
 from ..host.training_ui import loss_curve_image, resumed_note
@@ -49,7 +50,7 @@ def frames_input():
     return io.Image.Input("frames", optional=True, tooltip="Data-free mode: frames of your clip (IMAGE batch).")
 
 
-class CFGDistillTrain(io.ComfyNode):
+class CFGDistillTrain(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -94,7 +95,7 @@ class CFGDistillTrain(io.ComfyNode):
         return io.NodeOutput(student, loss_curve_image(history, "CFG distillation loss"), text)
 
 
-class OneStepDistillTrain(io.ComfyNode):
+class OneStepDistillTrain(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

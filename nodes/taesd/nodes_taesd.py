@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
+from ..host.checked_node import CheckedNode
 from . import CATEGORY, engine_taesd as engine
 
 def variant_and_chunk_inputs() -> list:
@@ -18,7 +19,7 @@ def variant_and_chunk_inputs() -> list:
                                  "on it.")]
 
 
-class TAESDEncode(io.ComfyNode):
+class TAESDEncode(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -44,7 +45,7 @@ class TAESDEncode(io.ComfyNode):
         return io.NodeOutput({"samples": samples})
 
 
-class TAESDDecode(io.ComfyNode):
+class TAESDDecode(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
