@@ -49,7 +49,7 @@ class CheckedNode(io.ComfyNode):
 
         @functools.wraps(func)
         def execute(node_cls, *args, **kw):
-            bound = signature.bind(node_cls, *args, **kw)
+            bound = signature.bind_partial(node_cls, *args, **kw)
             check_inputs(node_cls, dict(list(bound.arguments.items())[1:]))
             return func(node_cls, *args, **kw)
 
