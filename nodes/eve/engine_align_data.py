@@ -20,6 +20,7 @@ import comfy.utils
 
 from ..core.atomic_file import atomic_save_safetensors
 from ..core.edit_datasets import IMAGE_EXTS, load_image_square
+from ..core.frame_size import require_multiple_of_8
 from ..core.training_runs import check_output_name
 from ..host.encoding import encode_images, encode_text
 from ..host.folders import input_folder_path, model_file_names, model_file_path, register_model_folder, save_folder
@@ -121,6 +122,7 @@ def clip_data(clip, vae, images, instruction: str, caption: str, frames: int) ->
                          "Components) or switch data_mode to 'dataset folder'")
     if images.shape[0] < frames:
         raise ValueError(f"images: the clip has {images.shape[0]} frames, fewer than frames = {frames}; lower frames")
+    require_multiple_of_8(images, "images")  # the hints must match the (cropped) latents
     for name, text in (("instruction", instruction), ("caption", caption)):
         if not (text or "").strip():
             raise ValueError(f"{name}: 'my clip' mode needs the edit instruction and the output caption; write the {name}")

@@ -14,7 +14,7 @@ from ..host.training_ui import loss_curve_image, resumed_note
 from . import CATEGORY, engine_cfg_distill as cfg_distill, engine_onestep_distill as onestep_distill
 from .engine_guidance import ADAPTER_FOLDER
 from .engine_onestep import STUDENT_FOLDER, teacher_adapter
-from .engine_training_data import DATA_MODES, training_data
+from .engine_training_data import DATA_MODES, frames_note, training_data
 
 
 def data_inputs() -> list:
@@ -91,7 +91,7 @@ class CFGDistillTrain(CheckedNode):
                                                                  node_id(cls), output_name)
         last = f"{history[-1]:.5g}" if history else "n/a"
         text = (f"saved {adapter_path} after {ad.steps} steps ({len(data.x0)} training pairs); final loss {last}"
-                + resumed_note(start))
+                + resumed_note(start) + frames_note(data_mode, frames))
         return io.NodeOutput(student, loss_curve_image(history, "CFG distillation loss"), text)
 
 
@@ -165,7 +165,7 @@ class OneStepDistillTrain(CheckedNode):
         last_d = f"{d.d_losses[-1]:.4g}" if d.d_losses else "n/a"
         text = (f"saved {path} after {d.adapter.steps} steps ({cfg.v_steps} v-prediction + {cfg.steps} adversarial, "
                 f"{len(data.x0)} training pairs); final loss {last}, discriminator loss {last_d}; teacher adapter "
-                f"{d.fingerprint}" + resumed_note(start))
+                f"{d.fingerprint}" + resumed_note(start) + frames_note(data_mode, frames))
         return io.NodeOutput(student, loss_curve_image(history, "one-step distillation loss"), text)
 
 

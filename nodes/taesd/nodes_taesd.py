@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
+from ..core.frame_size import require_multiple_of_8
 from ..host.checked_node import CheckedNode
 from . import CATEGORY, engine_taesd as engine
 
@@ -38,8 +39,7 @@ class TAESDEncode(CheckedNode):
 
     @classmethod
     def execute(cls, images, variant, frames_per_chunk) -> io.NodeOutput:
-        if images.shape[0] == 0:
-            raise ValueError("images: the video has zero frames; load a video with at least one frame")
+        require_multiple_of_8(images, "images")  # CheckedNode refused zero frames and NaN already
         vae = engine.load_taesd(variant)
         samples = engine.chunked(lambda x: vae.encode(x[:, :, :, :3]), images, frames_per_chunk)
         return io.NodeOutput({"samples": samples})
