@@ -463,3 +463,28 @@ def test_dinov2_bad_files(comfy, stack, tmp_path):
         os.remove(target)
     with pytest.raises(ValueError, match=r"vae: the DINOv2 feature network sees pixels"):
         Aligner(stack["model"], stack["control"], None, stack["data"], _cfg(), net, None)
+
+
+def test_my_clip_of_one_frame_trains_and_odd_sizes_are_refused(comfy, stack):
+    """'my clip' mode on a one-frame clip (the video teacher sees a window of one frame): both phases
+    run with finite losses. Frames that are not a multiple of 8 would give hints that no longer match
+    the VAE's cropped latents: refused, naming the size, before anything is written."""
+    import folder_paths
+    nc = comfy.node_classes
+    node = nc["VideoEditEVELoRAAligner"]
+    vae = nc["VAELoader"]().load_vae("taesd")[0]
+    args = lambda name, images: dict(
+        edit_teacher=stack["model"], control_net=stack["control"], clip=stack["clip"], vae=vae, data_mode="my clip",
+        dataset_folder="", instruction="make it red", caption="a red street", frames=1, resolution=SIZE, steps=2,
+        batch_size=1, learning_rate=1e-3, lora_rank=2, k=1, schedule_steps=1000, teacher_steps=1,
+        sds_only_fraction=0.5, control_strength=1.0, seed=0, checkpoint_every=1, output_name=name, resume=False,
+        video_teacher=stack["video"], images=images)
+    lora = lambda name: os.path.join(folder_paths.get_folder_paths("loras")[0], f"{name}.safetensors")
+    with pytest.raises(ValueError) as e:
+        node.execute(**args("test_eve_align_odd", torch.rand(1, 31, 33, 3)))
+    assert str(e.value).startswith("images: the frames are 33x31 pixels (width x height), not multiples of 8")
+    assert not os.path.exists(lora("test_eve_align_odd"))
+    with torch.inference_mode():
+        student, curve, info = node.execute(**args("test_eve_align_one_frame", torch.rand(1, SIZE, SIZE, 3))).result
+    assert "after 2 steps (1 clips, edit + video teachers)" in info and "loss_d" in info and "nan" not in info
+    assert os.path.exists(lora("test_eve_align_one_frame"))

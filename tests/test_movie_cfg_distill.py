@@ -100,7 +100,7 @@ def test_train_node_end_to_end(comfy, tiny, monkeypatch):
     old = cu.PROGRESS_BAR_HOOK
     cu.set_progress_bar_global_hook(lambda v, t, p, node_id=None: seen.append((v, t)))
     vae = comfy.node_classes["VAELoader"]().load_vae("taesd")[0]
-    frames = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    frames = torch.rand(2, 64, 66, 3, generator=torch.Generator().manual_seed(0))  # the VAE crops it to 64x64
     name = "test_node_train"
     ck = os.path.join(folder_paths.get_output_directory(), "videoedit_training", "cfg_distill", name,
                       "checkpoint.safetensors")
@@ -120,6 +120,8 @@ def test_train_node_end_to_end(comfy, tiny, monkeypatch):
     assert [d["step"] for d in steps] == [1, 2, 3] and all(d["total"] == 3 for d in steps)
     assert curve.shape[0] == 1 and curve.shape[-1] == 3
     assert "after 3 steps" in info and "4 training pairs" in info
+    assert "\nnote: frames: the frames are 66x64 pixels (width x height), not multiples of 8; the VAE crops them " \
+           "to 64x64; the run trained on the cropped frames" in info
     assert os.path.exists(os.path.join(folder_paths.get_folder_paths("videoedit_guidance")[0], f"{name}.safetensors"))
     # the saved adapter loads and gives the same student outputs as the one the node returned
     loaded, _ = comfy.node_classes["VideoEditLoadGuidanceAdapter"].execute(model, f"{name}.safetensors").result

@@ -330,7 +330,8 @@ def test_nodes_end_to_end(comfy, tiny, monkeypatch):
             a1 = type(tiny[3]).from_state(*tiny[3].to_state())
             assert all(p.is_inference() and p.requires_grad for p in a1.parameters())
             teacher = make_student(base, a1)
-            frames = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+            # one frame, 71 pixels wide: the VAE crops it to 64x64, and the info output says so
+            frames = torch.rand(1, 64, 71, 3, generator=torch.Generator().manual_seed(0))
             student, curve, info = node.execute(**_train_args(teacher, tiny[1], vae, frames=frames)).result
     finally:
         cu.set_progress_bar_global_hook(old)
@@ -338,7 +339,9 @@ def test_nodes_end_to_end(comfy, tiny, monkeypatch):
     steps = [d for e, d in sent if e == "videoedit.training" and "loss" in d]
     assert [d["step"] for d in steps] == [1, 2] and all(d["total"] == 2 for d in steps)
     assert curve.shape[0] == 1 and curve.shape[-1] == 3
-    assert "1 v-prediction + 1 adversarial" in info and "4 training pairs" in info
+    assert "1 v-prediction + 1 adversarial" in info and "2 training pairs" in info
+    assert info.endswith("\nnote: frames: the frames are 71x64 pixels (width x height), not multiples of 8; the VAE "
+                         "crops them to 64x64; the run trained on the cropped frames")
     path = os.path.join(folder_paths.get_folder_paths("videoedit_onestep")[0], "test_onestep_node.safetensors")
     assert os.path.exists(path)
     loaded, linfo = comfy.node_classes["VideoEditLoadOneStepStudent"].execute(teacher, "test_onestep_node.safetensors").result
@@ -358,9 +361,11 @@ def test_nodes_end_to_end(comfy, tiny, monkeypatch):
             out_t, _ = sampler.execute(loaded, enc, src, 1.5, 12.0, 1, 0).result
             out_i, _ = sampler.execute(loaded, enc, src, 2.5, 7.5, 1, 0).result
             out3, note3 = sampler.execute(loaded, enc, src, 1.5, 7.5, 3, 0).result
+            one, _ = sampler.execute(loaded, enc, {"samples": src["samples"][:1]}, 1.5, 7.5, 1, 0).result
     finally:
         cu.set_progress_bar_global_hook(old)
     assert out["samples"].shape == (3, 4, 8, 8) and torch.isfinite(out["samples"]).all()
+    assert one["samples"].shape == (1, 4, 8, 8) and torch.isfinite(one["samples"]).all()
     assert seen[0] == (1, 1)
     assert "note" not in note and "1 UNet pass(es)" in note and "outside" not in note
     assert "outside the trained range" in sampler.execute(loaded, enc, src, 1.5, 20.0, 1, 0).result[1]

@@ -3,8 +3,8 @@ checked against the node's own schema, so a bad value stops with a message that 
 and the fix instead of turning into a black video, a ``KeyError`` or a raw library error.
 
 Checked, by the schema's input types:
-- FLOAT / INT: a finite number inside the input's min..max (a NaN passes ComfyUI's own min/max
-  check, and a linked value is not range-checked by ComfyUI at all);
+- FLOAT: a finite number (a NaN passes ComfyUI's own min/max check, in 0.3.75 and current core;
+  the range itself stays ComfyUI's to check, as it does for widget values);
 - COMBO: one of the listed options (ComfyUI 0.3.75 does not validate V3 combo values, current
   ComfyUI validates only those typed into a widget). An input the node's own ``validate_inputs``
   takes is that node's to check, as ComfyUI itself does;
@@ -95,8 +95,6 @@ def _check_number(inp, value) -> None:
         raise ValueError(f"{inp.id}: got {value!r}, not a number; set a number {_range_text(inp)}")
     if not math.isfinite(value):
         raise ValueError(f"{inp.id}: {value} is not a finite number; set a number {_range_text(inp)}")
-    if (inp.min is not None and value < inp.min) or (inp.max is not None and value > inp.max):
-        raise ValueError(f"{inp.id}: {_number(value)} is out of range; set a number {_range_text(inp)}")
 
 
 def _check_combo(inp, value) -> None:
@@ -152,6 +150,6 @@ def _check_sigmas(inp, sigmas) -> None:
         raise _bad_values(inp, f"sigma {bad}")
 
 
-_CHECKS = {"FLOAT": _check_number, "INT": _check_number, "COMBO": _check_combo, "IMAGE": _check_frames,
+_CHECKS = {"FLOAT": _check_number, "COMBO": _check_combo, "IMAGE": _check_frames,
            "LATENT": _check_latent, "CONDITIONING": _check_conditioning,
            "SIGMAS": _check_sigmas}
