@@ -174,7 +174,7 @@ def test_only_the_lora_and_discriminator_heads_change(stack):
     assert moved == {"d_edit", "d_video"}, "the discriminator heads did not train in the adversarial phase"
 
 
-def test_killed_run_resumes_exactly(stack, tmp_path):
+def test_killed_or_cancelled_run_resumes_exactly(comfy, stack, tmp_path):
     class Killed(Exception):
         pass
 
@@ -192,6 +192,29 @@ def test_killed_run_resumes_exactly(stack, tmp_path):
     losses = resumed.run(ck)
     assert losses == full_losses
     p1, p2 = full.params(), resumed.params()
+    assert p1.keys() == p2.keys() and all(torch.equal(p1[k], p2[k]) for k in p1)
+
+    # ComfyUI's cancel (the interrupt flag) after the SDS-only step 1, no periodic checkpoints: a
+    # checkpoint of step 1, and resuming it (step 2 adversarial) ends with the uninterrupted losses,
+    # LoRA and discriminator heads
+    import comfy.model_management as mm
+    from safetensors import safe_open
+    ck = str(tmp_path / "cancelled.safetensors")
+
+    def cancel(step, loss):
+        if step == 1:
+            mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            _aligner(stack, steps=2, sds_fraction=0.5, checkpoint_every=0).run(
+                ck, on_step=cancel, interrupted=mm.throw_exception_if_processing_interrupted)
+    finally:
+        mm.interrupt_current_processing(False)
+    with safe_open(ck, framework="pt") as f:
+        assert f.metadata()["step"] == "1"
+    resumed = _aligner(stack, steps=2, sds_fraction=0.5, checkpoint_every=0)
+    assert resumed.run(ck, interrupted=mm.throw_exception_if_processing_interrupted) == full_losses
+    p2 = resumed.params()
     assert p1.keys() == p2.keys() and all(torch.equal(p1[k], p2[k]) for k in p1)
 
 

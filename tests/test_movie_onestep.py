@@ -249,15 +249,16 @@ class Killed(Exception):
     pass
 
 
-def test_killed_run_resumes_exactly_across_both_stages(tiny, tmp_path):
+def test_killed_or_cancelled_run_resumes_exactly_across_both_stages(comfy, tiny, tmp_path):
     """1 v + 3 adversarial steps, checkpoints every 2: killed after step 3, the run resumes from the
     step-2 checkpoint (inside Alg. 2: heads, student and Adam state) and ends with the uninterrupted
-    run's losses and weights."""
+    run's losses and weights; the same after ComfyUI's cancel. (A real SIGKILL of the headless
+    trainer: tests/test_trainers_kill_resume.py.)"""
     from safetensors import safe_open
     from videoedit.nodes.movie import engine_onestep_distill as od
     base, clip, teacher, _ = tiny
     data = _data(clip)
-    cfg = lambda **kw: _cfg(v_steps=1, steps=3, checkpoint_every=2, **kw)
+    cfg = lambda **kw: _cfg(**{"v_steps": 1, "steps": 3, "checkpoint_every": 2, **kw})
     full = od.OneStepDistiller(teacher, data, cfg())
     full_losses = full.run(str(tmp_path / "a.safetensors"))
     ref = {**{f"s.{k}": v.clone() for k, v in full.adapter.state_dict().items()},
@@ -280,12 +281,9 @@ def test_killed_run_resumes_exactly_across_both_stages(tiny, tmp_path):
     with pytest.raises(ValueError, match="different settings"):
         od.OneStepDistiller(teacher, data, cfg(lambda_gen=0.5)).run(ck, resume=True)
 
-
-def test_cancel_stops_and_keeps_a_checkpoint(comfy, tiny, tmp_path):
+    # ComfyUI's cancel (the interrupt flag) after step 2 (inside Alg. 2), no periodic checkpoints: a
+    # checkpoint of step 2, and resuming it ends with the uninterrupted losses, student and heads
     import comfy.model_management as mm
-    from safetensors import safe_open
-    from videoedit.nodes.movie import engine_onestep_distill as od
-    base, clip, teacher, _ = tiny
     ck = str(tmp_path / "c.safetensors")
 
     def cancel_at_2(step, loss):
@@ -293,12 +291,17 @@ def test_cancel_stops_and_keeps_a_checkpoint(comfy, tiny, tmp_path):
             mm.interrupt_current_processing(True)
     try:
         with pytest.raises(mm.InterruptProcessingException):
-            od.OneStepDistiller(teacher, _data(clip), _cfg(checkpoint_every=100)).run(
+            od.OneStepDistiller(teacher, data, cfg(checkpoint_every=0)).run(
                 ck, on_step=cancel_at_2, interrupted=mm.throw_exception_if_processing_interrupted)
     finally:
         mm.interrupt_current_processing(False)
     with safe_open(ck, framework="pt") as f:
         assert f.metadata()["step"] == "2"
+    resumed = od.OneStepDistiller(teacher, data, cfg(checkpoint_every=0))
+    assert resumed.run(ck, resume=True, interrupted=mm.throw_exception_if_processing_interrupted) == full_losses
+    got = {**{f"s.{k}": v for k, v in resumed.adapter.state_dict().items()},
+           **{f"h.{k}": v for k, v in resumed.heads.state_dict().items()}}
+    assert all(torch.equal(got[k], ref[k]) for k in ref)
 
 
 def _train_args(model, clip, vae, **kw):
