@@ -266,3 +266,14 @@ def test_node_cancel_and_empty_prompt(comfy, tiny_models, tiny_pair):
             node.execute(_frames(2), vision, clip, "a marble statue", 1)
     finally:
         mm.interrupt_current_processing(False)
+
+
+def test_one_frame_scores_like_that_frame_in_a_clip(comfy, tiny_models, tiny_pair):
+    """One frame (40x52: any size, CLIP resizes): its score is that frame's score in a longer clip,
+    CLIPFrame (no pair of frames) is 1."""
+    node = comfy.node_classes["VideoEditClipScore"]
+    vision, clip = tiny_models
+    frames = _frames(3)
+    score, frame = node.execute(frames[1:2], vision, clip, "a marble statue", 4).result
+    clip_info = node.execute(frames, vision, clip, "a marble statue", 4).ui["videoedit_clip_score"][0]
+    assert score == pytest.approx(clip_info["per_frame"][1], abs=1e-5) and frame == 1.0

@@ -87,7 +87,7 @@ def test_known_pan_scores_the_sample_clip_zero_with_progress(node, clip):
     old = cu.PROGRESS_BAR_HOOK
     cu.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: seen.append((value, total)))
     try:
-        out = node.execute(clip, clip, "known pan", "anything", 2, 1, 2)
+        out = node.execute(clip, clip, "known pan", _options(node)[0], 2, 1, 2)
     finally:
         cu.set_progress_bar_global_hook(old)
     info = out.ui["videoedit_warp_error"][0]
@@ -96,7 +96,7 @@ def test_known_pan_scores_the_sample_clip_zero_with_progress(node, clip):
     assert "known pan" in info["flow"] and "warp error" in out.ui["text"][0]
     assert seen == [(1, 2), (2, 2)]
     flicker = clip + 0.03 * torch.tensor([(-1.0) ** i for i in range(5)]).view(5, 1, 1, 1)
-    assert node.execute(flicker, clip, "known pan", "anything", 2, 1, 2).result[0] == pytest.approx(0.06 ** 2, rel=1e-4)
+    assert node.execute(flicker, clip, "known pan", _options(node)[0], 2, 1, 2).result[0] == pytest.approx(0.06 ** 2, rel=1e-4)
 
 
 def test_random_raft_from_a_users_file_runs(node, user_folder, clip):
@@ -127,6 +127,16 @@ def test_cancel_stops_it(node, clip):
     mm.interrupt_current_processing(True)
     try:
         with pytest.raises(mm.InterruptProcessingException):
-            node.execute(clip, clip, "known pan", "anything", 2, 1, 1)
+            node.execute(clip, clip, "known pan", _options(node)[0], 2, 1, 1)
     finally:
         mm.interrupt_current_processing(False)
+
+
+def test_one_frame_is_refused_and_odd_sizes_are_scored(node, clip):
+    """One frame has no pair to compare (the message names the input); a size that is not a
+    multiple of 8 is measured as it is (no VAE here): the panned clip scores zero at 63x65 too."""
+    with pytest.raises(ValueError) as e:
+        node.execute(clip[:1], clip[:1], "known pan", _options(node)[0], 2, 1, 2)
+    assert str(e.value).startswith("edited: the clip has 1 frame; the warp error compares consecutive frames")
+    odd = panned_frames(3, (63, 65), shift=(2, 1))[0]
+    assert node.execute(odd, odd, "known pan", _options(node)[0], 2, 1, 2).result[0] < 1e-12

@@ -174,7 +174,7 @@ def test_only_the_lora_and_discriminator_heads_change(stack):
     assert moved == {"d_edit", "d_video"}, "the discriminator heads did not train in the adversarial phase"
 
 
-def test_killed_run_resumes_exactly(stack, tmp_path):
+def test_killed_or_cancelled_run_resumes_exactly(comfy, stack, tmp_path):
     class Killed(Exception):
         pass
 
@@ -192,6 +192,29 @@ def test_killed_run_resumes_exactly(stack, tmp_path):
     losses = resumed.run(ck)
     assert losses == full_losses
     p1, p2 = full.params(), resumed.params()
+    assert p1.keys() == p2.keys() and all(torch.equal(p1[k], p2[k]) for k in p1)
+
+    # ComfyUI's cancel (the interrupt flag) after the SDS-only step 1, no periodic checkpoints: a
+    # checkpoint of step 1, and resuming it (step 2 adversarial) ends with the uninterrupted losses,
+    # LoRA and discriminator heads
+    import comfy.model_management as mm
+    from safetensors import safe_open
+    ck = str(tmp_path / "cancelled.safetensors")
+
+    def cancel(step, loss):
+        if step == 1:
+            mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            _aligner(stack, steps=2, sds_fraction=0.5, checkpoint_every=0).run(
+                ck, on_step=cancel, interrupted=mm.throw_exception_if_processing_interrupted)
+    finally:
+        mm.interrupt_current_processing(False)
+    with safe_open(ck, framework="pt") as f:
+        assert f.metadata()["step"] == "1"
+    resumed = _aligner(stack, steps=2, sds_fraction=0.5, checkpoint_every=0)
+    assert resumed.run(ck, interrupted=mm.throw_exception_if_processing_interrupted) == full_losses
+    p2 = resumed.params()
     assert p1.keys() == p2.keys() and all(torch.equal(p1[k], p2[k]) for k in p1)
 
 
@@ -494,3 +517,28 @@ def test_cancel_stops_at_the_next_step_and_keeps_a_checkpoint(comfy, stack, tmp_
     from safetensors import safe_open
     with safe_open(ck, framework="pt") as f:
         assert f.metadata()["step"] == "1"
+
+
+def test_my_clip_of_one_frame_trains_and_odd_sizes_are_refused(comfy, stack):
+    """'my clip' mode on a one-frame clip (the video teacher sees a window of one frame): both phases
+    run with finite losses. Frames that are not a multiple of 8 would give hints that no longer match
+    the VAE's cropped latents: refused, naming the size, before anything is written."""
+    import folder_paths
+    nc = comfy.node_classes
+    node = nc["VideoEditEVELoRAAligner"]
+    vae = nc["VAELoader"]().load_vae("taesd")[0]
+    args = lambda name, images: dict(
+        edit_teacher=stack["model"], control_net=stack["control"], clip=stack["clip"], vae=vae, data_mode="my clip",
+        dataset_folder="", instruction="make it red", caption="a red street", frames=1, resolution=SIZE, steps=2,
+        batch_size=1, learning_rate=1e-3, lora_rank=2, k=1, schedule_steps=1000, teacher_steps=1,
+        sds_only_fraction=0.5, control_strength=1.0, seed=0, checkpoint_every=1, output_name=name, resume=False,
+        video_teacher=stack["video"], images=images)
+    lora = lambda name: os.path.join(folder_paths.get_folder_paths("loras")[0], f"{name}.safetensors")
+    with pytest.raises(ValueError) as e:
+        node.execute(**args("test_eve_align_odd", torch.rand(1, 31, 33, 3)))
+    assert str(e.value).startswith("images: the frames are 33x31 pixels (width x height), not multiples of 8")
+    assert not os.path.exists(lora("test_eve_align_odd"))
+    with torch.inference_mode():
+        student, curve, info = node.execute(**args("test_eve_align_one_frame", torch.rand(1, SIZE, SIZE, 3))).result
+    assert "after 2 steps (1 clips, edit + video teachers)" in info and "loss_d" in info and "nan" not in info
+    assert os.path.exists(lora("test_eve_align_one_frame"))

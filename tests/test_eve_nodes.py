@@ -342,3 +342,35 @@ def test_stacking_again_after_a_stacked_run_builds_from_the_plain_backbone(comfy
     again = _stack(comfy, parts, _fresh(comfy, parts), images, length=0)  # built while the first is patched in
     assert torch.equal(_run(comfy, again, latent), _core(comfy, parts, images, latent))
     assert not torch.equal(first, _core(comfy, parts, images, latent))
+
+
+# ------------------------------------------------- clip edges: hint count, one frame, odd size
+
+@pytest.mark.parametrize("hints, frames, length", [(3, 2, 8), (2, 3, 8), (3, 2, 0), (5, 6, 4)])
+def test_hint_frames_must_match_the_latents_frames(comfy, parts, hints, frames, length):
+    """Core's ControlNet cuts extra hint frames and repeats too few without a word; the stacked
+    model refuses before the first step, naming both counts (windowed or not)."""
+    stacked = _stack(comfy, parts, _fresh(comfy, parts), _images(hints), length=length, overlap=length // 2)
+    with pytest.raises(ValueError) as e:
+        _run(comfy, stacked, _latent(frames))
+    assert str(e.value).startswith(f"images: the ControlNet has {hints} hint frames but the latent being sampled "
+                                   f"has {frames} frames")
+    assert "give the EVE Adapter Stacker the frames the latent was made from" in str(e.value)
+
+
+def test_one_hint_for_every_frame_and_a_one_frame_clip(comfy, parts):
+    """The documented rule: one image is the hint of every frame (as core's ControlNet does); a
+    one-frame clip samples like core's per-frame ControlNet (a fresh adapter is the identity)."""
+    one = _images(1)
+    out = _run(comfy, _stack(comfy, parts, _loaded(comfy), one), _latent(3))
+    assert out.shape == (3, 4, SIZE // 8, SIZE // 8) and torch.isfinite(out).all()
+    single = _run(comfy, _stack(comfy, parts, _fresh(comfy, parts), one), _latent(1))
+    assert torch.equal(single, _core(comfy, parts, one, _latent(1)))
+
+
+def test_frames_not_a_multiple_of_8_are_refused(comfy, parts):
+    with pytest.raises(ValueError) as e:
+        _stack(comfy, parts, _fresh(comfy, parts), torch.rand(2, 31, 33, 3))
+    assert str(e.value).startswith("images: the frames are 33x31 pixels (width x height), not multiples of 8; the "
+                                   "VAE crops them to 32x24")
+    assert "Upscale Image to 40x32" in str(e.value) and "ImageCrop to 32x24" in str(e.value)

@@ -41,7 +41,7 @@ class Killed(Exception):
     pass
 
 
-def test_killed_run_resumes_exactly(tiny, tmp_path):
+def test_killed_or_cancelled_run_resumes_exactly(comfy, tiny, tmp_path):
     from videoedit.nodes.movie import engine_cfg_distill as md
     model, clip = tiny
     data = _data(clip)
@@ -67,11 +67,9 @@ def test_killed_run_resumes_exactly(tiny, tmp_path):
     with pytest.raises(ValueError, match="different settings"):
         md.Distiller(model, data, _cfg(learning_rate=2e-3)).run(ck, resume=True)
 
-
-def test_cancel_stops_and_keeps_a_checkpoint(comfy, tiny, tmp_path):
+    # ComfyUI's cancel (the flag /interrupt sets) after step 2, no periodic checkpoints: the run stops
+    # with a checkpoint of step 2, and resuming it ends with the uninterrupted losses and weights
     import comfy.model_management as mm
-    from videoedit.nodes.movie import engine_cfg_distill as md
-    model, clip = tiny
     ck = str(tmp_path / "c.safetensors")
 
     def cancel_at_2(step, loss):
@@ -79,13 +77,15 @@ def test_cancel_stops_and_keeps_a_checkpoint(comfy, tiny, tmp_path):
             mm.interrupt_current_processing(True)
     try:
         with pytest.raises(mm.InterruptProcessingException):
-            md.Distiller(model, _data(clip), _cfg(checkpoint_every=100)).run(
+            md.Distiller(model, data, _cfg(checkpoint_every=0)).run(
                 ck, on_step=cancel_at_2, interrupted=mm.throw_exception_if_processing_interrupted)
     finally:
         mm.interrupt_current_processing(False)
-    from safetensors import safe_open
     with safe_open(ck, framework="pt") as f:
         assert f.metadata()["step"] == "2"
+    resumed = md.Distiller(model, data, _cfg(checkpoint_every=0))
+    assert resumed.run(ck, resume=True, interrupted=mm.throw_exception_if_processing_interrupted) == full_losses
+    assert all(torch.equal(v, ref[k]) for k, v in resumed.adapter.state_dict().items())
 
 
 def test_train_node_end_to_end(comfy, tiny, monkeypatch):
@@ -100,7 +100,7 @@ def test_train_node_end_to_end(comfy, tiny, monkeypatch):
     old = cu.PROGRESS_BAR_HOOK
     cu.set_progress_bar_global_hook(lambda v, t, p, node_id=None: seen.append((v, t)))
     vae = comfy.node_classes["VAELoader"]().load_vae("taesd")[0]
-    frames = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    frames = torch.rand(2, 64, 66, 3, generator=torch.Generator().manual_seed(0))  # the VAE crops it to 64x64
     name = "test_node_train"
     ck = os.path.join(folder_paths.get_output_directory(), "videoedit_training", "cfg_distill", name,
                       "checkpoint.safetensors")
@@ -122,6 +122,8 @@ def test_train_node_end_to_end(comfy, tiny, monkeypatch):
     assert [d["step"] for d in steps] == [1, 2, 3] and all(d["total"] == 3 for d in steps)
     assert curve.shape[0] == 1 and curve.shape[-1] == 3
     assert "after 3 steps" in info and "4 training pairs" in info
+    assert "\nnote: frames: the frames are 66x64 pixels (width x height), not multiples of 8; the VAE crops them " \
+           "to 64x64; the run trained on the cropped frames" in info
     assert os.path.exists(os.path.join(folder_paths.get_folder_paths("videoedit_guidance")[0], f"{name}.safetensors"))
     # the saved adapter loads and gives the same student outputs as the one the node returned
     loaded, _ = comfy.node_classes["VideoEditLoadGuidanceAdapter"].execute(model, f"{name}.safetensors").result

@@ -243,3 +243,24 @@ def test_bad_inputs_are_named(comfy, tiny):
         make_student(model, ad)
     with pytest.raises(ValueError, match="not a guidance-distilled student"):
         comfy.node_classes["VideoEditCFGDistilledGuider"].execute(model, instr, {"samples": _src()}, 1.5, 7.5)
+
+
+def test_one_frame_clip_equals_that_frame_inside_a_longer_clip(comfy, tiny):
+    """A one-frame source runs through both guiders (Cross-Frame Attention: the frame is its own
+    anchor) and gives what that frame gives inside a 3-frame clip without cross-frame attention."""
+    from videoedit.nodes.movie.engine_guidance import make_student
+    model, instr, empty = tiny
+    src = _src(3)
+    cross = comfy.node_classes["VideoEditCrossFrameAttention"]
+    teacher = comfy.node_classes["VideoEditIP2PGuider"]
+    student = make_student(model, _fresh_adapter(model, perturb=True))
+    distilled = comfy.node_classes["VideoEditCFGDistilledGuider"]
+    cases = {"teacher": (model, lambda m, s: teacher.execute(m, instr, empty, {"samples": s}, 1.5, 7.5).result),
+             "distilled": (student, lambda m, s: distilled.execute(m, instr, {"samples": s}, 1.5, 7.5).result)}
+    for name, (m, run) in cases.items():
+        g3, lat3 = run(m, src)[:2]
+        clip3 = _one_step(g3, lat3["samples"], 3.0)[0]
+        g1, lat1 = run(cross.execute(m, "middle", 1).result[0], src[:1])[:2]
+        one = _one_step(g1, lat1["samples"], 3.0)[0]
+        assert one.shape == (1, 4, 8, 8)
+        assert (one - clip3[:1]).abs().max() <= 1e-5 * clip3.abs().max(), name  # batch size: float dust only

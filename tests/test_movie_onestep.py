@@ -249,15 +249,16 @@ class Killed(Exception):
     pass
 
 
-def test_killed_run_resumes_exactly_across_both_stages(tiny, tmp_path):
+def test_killed_or_cancelled_run_resumes_exactly_across_both_stages(comfy, tiny, tmp_path):
     """1 v + 3 adversarial steps, checkpoints every 2: killed after step 3, the run resumes from the
     step-2 checkpoint (inside Alg. 2: heads, student and Adam state) and ends with the uninterrupted
-    run's losses and weights."""
+    run's losses and weights; the same after ComfyUI's cancel. (A real SIGKILL of the headless
+    trainer: tests/test_trainers_kill_resume.py.)"""
     from safetensors import safe_open
     from videoedit.nodes.movie import engine_onestep_distill as od
     base, clip, teacher, _ = tiny
     data = _data(clip)
-    cfg = lambda **kw: _cfg(v_steps=1, steps=3, checkpoint_every=2, **kw)
+    cfg = lambda **kw: _cfg(**{"v_steps": 1, "steps": 3, "checkpoint_every": 2, **kw})
     full = od.OneStepDistiller(teacher, data, cfg())
     full_losses = full.run(str(tmp_path / "a.safetensors"))
     ref = {**{f"s.{k}": v.clone() for k, v in full.adapter.state_dict().items()},
@@ -280,12 +281,9 @@ def test_killed_run_resumes_exactly_across_both_stages(tiny, tmp_path):
     with pytest.raises(ValueError, match="different settings"):
         od.OneStepDistiller(teacher, data, cfg(lambda_gen=0.5)).run(ck, resume=True)
 
-
-def test_cancel_stops_and_keeps_a_checkpoint(comfy, tiny, tmp_path):
+    # ComfyUI's cancel (the interrupt flag) after step 2 (inside Alg. 2), no periodic checkpoints: a
+    # checkpoint of step 2, and resuming it ends with the uninterrupted losses, student and heads
     import comfy.model_management as mm
-    from safetensors import safe_open
-    from videoedit.nodes.movie import engine_onestep_distill as od
-    base, clip, teacher, _ = tiny
     ck = str(tmp_path / "c.safetensors")
 
     def cancel_at_2(step, loss):
@@ -293,12 +291,17 @@ def test_cancel_stops_and_keeps_a_checkpoint(comfy, tiny, tmp_path):
             mm.interrupt_current_processing(True)
     try:
         with pytest.raises(mm.InterruptProcessingException):
-            od.OneStepDistiller(teacher, _data(clip), _cfg(checkpoint_every=100)).run(
+            od.OneStepDistiller(teacher, data, cfg(checkpoint_every=0)).run(
                 ck, on_step=cancel_at_2, interrupted=mm.throw_exception_if_processing_interrupted)
     finally:
         mm.interrupt_current_processing(False)
     with safe_open(ck, framework="pt") as f:
         assert f.metadata()["step"] == "2"
+    resumed = od.OneStepDistiller(teacher, data, cfg(checkpoint_every=0))
+    assert resumed.run(ck, resume=True, interrupted=mm.throw_exception_if_processing_interrupted) == full_losses
+    got = {**{f"s.{k}": v for k, v in resumed.adapter.state_dict().items()},
+           **{f"h.{k}": v for k, v in resumed.heads.state_dict().items()}}
+    assert all(torch.equal(got[k], ref[k]) for k in ref)
 
 
 def _train_args(model, clip, vae, **kw):
@@ -331,7 +334,8 @@ def test_nodes_end_to_end(comfy, tiny, monkeypatch):
             a1 = type(tiny[3]).from_state(*tiny[3].to_state())
             assert all(p.is_inference() and p.requires_grad for p in a1.parameters())
             teacher = make_student(base, a1)
-            frames = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+            # one frame, 71 pixels wide: the VAE crops it to 64x64, and the info output says so
+            frames = torch.rand(1, 64, 71, 3, generator=torch.Generator().manual_seed(0))
             student, curve, info = node.execute(**_train_args(teacher, tiny[1], vae, frames=frames)).result
     finally:
         cu.set_progress_bar_global_hook(old)
@@ -339,7 +343,9 @@ def test_nodes_end_to_end(comfy, tiny, monkeypatch):
     steps = [d for e, d in sent if e == "videoedit.training" and "loss" in d]
     assert [d["step"] for d in steps] == [1, 2] and all(d["total"] == 2 for d in steps)
     assert curve.shape[0] == 1 and curve.shape[-1] == 3
-    assert "1 v-prediction + 1 adversarial" in info and "4 training pairs" in info
+    assert "1 v-prediction + 1 adversarial" in info and "2 training pairs" in info
+    assert info.endswith("\nnote: frames: the frames are 71x64 pixels (width x height), not multiples of 8; the VAE "
+                         "crops them to 64x64; the run trained on the cropped frames")
     path = os.path.join(folder_paths.get_folder_paths("videoedit_onestep")[0], "test_onestep_node.safetensors")
     assert os.path.exists(path)
     loaded, linfo = comfy.node_classes["VideoEditLoadOneStepStudent"].execute(teacher, "test_onestep_node.safetensors").result
@@ -359,9 +365,11 @@ def test_nodes_end_to_end(comfy, tiny, monkeypatch):
             out_t, _ = sampler.execute(loaded, enc, src, 1.5, 12.0, 1, 0).result
             out_i, _ = sampler.execute(loaded, enc, src, 2.5, 7.5, 1, 0).result
             out3, note3 = sampler.execute(loaded, enc, src, 1.5, 7.5, 3, 0).result
+            one, _ = sampler.execute(loaded, enc, {"samples": src["samples"][:1]}, 1.5, 7.5, 1, 0).result
     finally:
         cu.set_progress_bar_global_hook(old)
     assert out["samples"].shape == (3, 4, 8, 8) and torch.isfinite(out["samples"]).all()
+    assert one["samples"].shape == (1, 4, 8, 8) and torch.isfinite(one["samples"]).all()
     assert seen[0] == (1, 1)
     assert "note" not in note and "1 UNet pass(es)" in note and "outside" not in note
     assert "outside the trained range" in sampler.execute(loaded, enc, src, 1.5, 20.0, 1, 0).result[1]

@@ -133,3 +133,24 @@ def test_loader_equals_core_vae_loader_bit_for_bit(comfy, monkeypatch, tmp_path,
     latent = ours.encode(frames)
     assert torch.equal(latent, core.encode(frames)) and latent.shape[1] == channels
     assert torch.equal(ours.decode(latent), core.decode(latent))
+
+
+@pytest.mark.parametrize("h, w, crop, up", [(63, 65, "64x56", "72x64"), (64, 60, "56x64", "64x64"), (7, 64, "64x0", "64x8")])
+def test_frames_not_a_multiple_of_8_are_refused_not_cropped(taesd_nodes, h, w, crop, up):
+    """Core's VAE encode crops 65x63 to 64x56 without a word (a video that no longer matches its
+    source); TAESD Encode names the size and both fixes instead."""
+    enc, _ = taesd_nodes
+    with pytest.raises(ValueError) as e:
+        enc.execute(torch.rand(2, h, w, 3), "taesd", 4)
+    msg = str(e.value)
+    assert msg.startswith(f"images: the frames are {w}x{h} pixels (width x height), not multiples of 8; "
+                          f"the VAE crops them to {crop}")
+    assert f"Upscale Image to {up}" in msg and f"ImageCrop to {crop}" in msg
+
+
+@pytest.mark.parametrize("h, w", [(64, 64), (8, 8), (72, 40)])
+def test_one_frame_and_any_multiple_of_8_round_trip(taesd_nodes, h, w):
+    enc, dec = taesd_nodes
+    latent = enc.execute(_frames(1, h, w), "taesd", 16).result[0]
+    assert latent["samples"].shape == (1, 4, h // 8, w // 8)
+    assert dec.execute(latent, "taesd", 16).result[0].shape == (1, h, w, 3)

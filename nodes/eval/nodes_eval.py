@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
+from ..host.checked_node import CheckedNode
 from . import CATEGORY, engine_clip, engine_flow
 
 WARP_UI_KEY = "videoedit_warp_error"   # the history key harness/eval.py reads
 CLIP_UI_KEY = "videoedit_clip_score"
 
 
-class WarpError(io.ComfyNode):
+class WarpError(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -61,7 +62,7 @@ class WarpError(io.ComfyNode):
         return io.NodeOutput(result.mean, ui={"text": [text], WARP_UI_KEY: [info]})
 
 
-class ClipScore(io.ComfyNode):
+class ClipScore(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

@@ -152,7 +152,8 @@ def clip_warp_error(edited: torch.Tensor, source: torch.Tensor, flow_fn: FlowFn,
                          "each edited frame with the source's motion at the same time; pass the source the "
                          "edit was made from (same frames, same frame rate)")
     if n < 2:
-        raise ValueError(f"the clip has {n} frame(s); the warp error needs at least 2")
+        raise ValueError(f"edited: the clip has {n} frame; the warp error compares consecutive frames, so it needs "
+                         "at least 2: connect the whole clip (and its source)")
     if pairs_per_chunk < 1:
         raise ValueError(f"pairs_per_chunk must be at least 1, got {pairs_per_chunk}")
     size = tuple(edited.shape[1:3])

@@ -18,6 +18,7 @@ import torch.nn.functional as Fn
 
 from ..core.atomic_file import atomic_save_safetensors
 from ..core.edit_datasets import IMAGE_EXTS, load_image_square
+from ..core.frame_size import require_multiple_of_8
 from ..host.encoding import encode_images, encode_text, encoding_progress
 from ..host.folders import data_path, model_file_names, model_file_path, register_model_folder
 from ..host.lora import load_model_lora
@@ -120,6 +121,7 @@ def clip_data(clip, vae, images, instruction: str, caption: str, frames: int) ->
                          "Components) or switch data_mode to 'dataset folder'")
     if images.shape[0] < frames:
         raise ValueError(f"images: the clip has {images.shape[0]} frames, fewer than frames = {frames}; lower frames")
+    require_multiple_of_8(images, "images")  # the hints must match the (cropped) latents
     for name, text in (("instruction", instruction), ("caption", caption)):
         if not (text or "").strip():
             raise ValueError(f"{name}: 'my clip' mode needs the edit instruction and the output caption; write the {name}")

@@ -23,11 +23,13 @@ from collections import OrderedDict
 
 
 import comfy.context_windows as cw
+import comfy.patcher_extension
 import comfy.utils
 from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock, TimestepEmbedSequential
 from comfy.ldm.modules.attention import SpatialTransformer
 
 from ..core.atomic_file import atomic_save_safetensors
+from ..core.frame_size import require_multiple_of_8
 from ..core.weight_files import read_weights
 from ..host.folders import model_file_names, model_file_path, register_model_folder, save_path
 from ..host.lora import load_model_lora
@@ -37,6 +39,7 @@ from .temporal_adapter import (TemporalAttentionBlock, TemporalConvBlock, VideoA
                                check_adapter, unet_layout)
 
 FOLDER = "animatediff_models"  # the folder AnimateDiff-Evolved users already have
+HINT_CHECK_KEY = "videoedit.eve.hint_frames"
 EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth")
 
 register_model_folder(FOLDER, shared=True)
@@ -189,13 +192,44 @@ class EVEWindows(cw.IndexListContextHandler):
             window.add_window(counts_final[i], weights)
 
 
+def _check_hint_frames(hint, num_frames: int) -> None:
+    """Frame i of the latent is edited with hint frame i: the counts must match (one hint = the same
+    hint for every frame). Core's ControlNet would cut extra hints or repeat too few, silently."""
+    if hint is not None and hint.shape[0] not in (1, num_frames):
+        raise ValueError(f"images: the ControlNet has {hint.shape[0]} hint frames but the latent being sampled has "
+                         f"{num_frames} frames (frame i is edited with hint frame i); give the EVE Adapter Stacker "
+                         "the frames the latent was made from (encode that same IMAGE batch), or one image for all")
+
+
+def _control_chain(conds: dict):
+    for cond_list in conds.values():
+        for c in cond_list or []:
+            control = c.get("control")
+            while control is not None:
+                yield control
+                control = control.previous_controlnet
+
+
+def _hint_frames_wrapper(executor, noise, *args, **kwargs):
+    """OUTER_SAMPLE wrapper: the latent's frame count against every ControlNet's hint frames, before
+    the first step (the noise has the full clip's frames; context windows cut later)."""
+    for control in _control_chain(getattr(executor.class_obj, "conds", None) or {}):
+        _check_hint_frames(getattr(control, "cond_hint_original", None), noise.shape[0])
+    return executor(noise, *args, **kwargs)
+
+
+def check_hint_frames_when_sampling(model):
+    """A clone of ``model`` that checks the hints' frame count against the latent's when it samples."""
+    m = model.clone()
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, HINT_CHECK_KEY, _hint_frames_wrapper)
+    return m
+
+
 def _window_control(control, index_list, num_frames):
     """A copy of a ControlNet chain whose per-frame hints are the window's frames."""
     prev = control.previous_controlnet
     hint = control.cond_hint_original
-    if hint is not None and hint.shape[0] not in (1, num_frames):
-        raise ValueError(f"control image: {hint.shape[0]} frames but the latent has {num_frames}; give the "
-                         "ControlNet the same frames as the clip being edited")
+    _check_hint_frames(hint, num_frames)
     c = control.copy()
     for attr in ("timestep_range", "model_sampling_current"):  # state pre_run gave the original
         if hasattr(control, attr):
@@ -278,8 +312,7 @@ def stack_adapters(model, video_adapter: VideoAdapter, control_net, images, posi
                    context_length, context_overlap, anchor_first_frame, noise_schedule, lora_name, lora_strength):
     """EVE Adapter Stacker: (model, positive, negative) with the optional LoRA, noise schedule, video
     adapter, windows and the per-frame ControlNet."""
-    if images.shape[0] == 0:
-        raise ValueError("images: the clip has zero frames; load a video with at least one frame")
+    require_multiple_of_8(images, "images")
     check_controlnet(model, control_net)
     if context_length and context_overlap >= context_length:
         raise ValueError(f"context_overlap ({context_overlap}) must be below context_length ({context_length})")
@@ -293,7 +326,7 @@ def stack_adapters(model, video_adapter: VideoAdapter, control_net, images, posi
         m = load_model_lora(m, model_file_path("loras", lora_name, "lora_name"), lora_strength)
     if SCHEDULES[noise_schedule] is not None:
         m = with_discrete_sampling(m, SCHEDULES[noise_schedule], zsnr=True)
-    m = apply_video_adapter(m, video_adapter, anchor_first_frame)
+    m = check_hint_frames_when_sampling(apply_video_adapter(m, video_adapter, anchor_first_frame))
     if context_length:
         m = set_windows(m, context_length, context_overlap, anchor_first_frame)
     pos, neg = apply_control_net(positive, negative, control_net, images[..., :3], control_strength)

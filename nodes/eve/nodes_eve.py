@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
+from ..host.checked_node import CheckedNode
 from ..host.folders import model_file_names
 from ..host.trainer_inputs import overwrite_input
 from . import CATEGORY, engine_video_adapter as engine
@@ -18,7 +19,7 @@ _ANCHOR_TIP = ("Anchor on the first frame (EVE): frame 0 is edited by the image-
                "temporal layer lets the other frames attend to it without changing it.")
 
 
-class LoadVideoAdapter(io.ComfyNode):
+class LoadVideoAdapter(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -37,7 +38,7 @@ class LoadVideoAdapter(io.ComfyNode):
 
 
 
-class InitVideoAdapter(io.ComfyNode):
+class InitVideoAdapter(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -64,7 +65,7 @@ class InitVideoAdapter(io.ComfyNode):
 
 
 
-class SaveVideoAdapter(io.ComfyNode):
+class SaveVideoAdapter(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -86,7 +87,7 @@ class SaveVideoAdapter(io.ComfyNode):
 
 
 
-class ApplyVideoAdapter(io.ComfyNode):
+class ApplyVideoAdapter(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -106,7 +107,7 @@ class ApplyVideoAdapter(io.ComfyNode):
 
 
 
-class AdapterStacker(io.ComfyNode):
+class AdapterStacker(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
+from ..host.checked_node import CheckedNode
 from ..host.trainer_inputs import node_id, overwrite_input, run_inputs, trainer_outputs
 from ..host.training_ui import resumed_note
 from . import CATEGORY, engine_align_data as data
 from .engine_align_trainer import AlignConfig
 
 
-class LoRAAligner(io.ComfyNode):
+class LoRAAligner(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from ..core.edit_datasets import load_image_square, scan_edit_triples
+from ..core.frame_size import crop_note
 from ..host.encoding import encode_images, encode_text, encoding_progress
 from ..host.folders import data_path
 from .engine_cfg_distill import DistillData
@@ -20,6 +21,13 @@ def training_data(clip, vae, data_mode: str, frames, instructions: str, dataset_
     if data_mode == DATA_MODES[0]:
         return frames_data(clip, vae, frames, instructions)
     return folder_data(clip, vae, dataset_folder, resolution)
+
+
+def frames_note(data_mode: str, frames) -> str:
+    """The info output's note when data-free frames are not a multiple of 8 in size (the VAE crops
+    them; latents and targets come from the same cropped frames, so training on them is right)."""
+    note = crop_note(frames, "frames") if data_mode == DATA_MODES[0] and frames is not None else None
+    return f"\nnote: {note}; the run trained on the cropped frames" if note else ""
 
 
 def frames_data(clip, vae, frames, instructions: str) -> DistillData:

@@ -11,6 +11,7 @@ import torch
 
 from comfy_api.v0_0_2 import io
 
+from ..host.checked_node import CheckedNode
 from ..host.model_family import require_ip2p
 from . import CATEGORY, engine_guidance as guidance, engine_onestep as onestep
 from .cross_frame import ANCHOR_MODES
@@ -39,7 +40,7 @@ def edit_inputs() -> list:
     return [instruction_input(), source_input(), *knob_inputs()]
 
 
-class CrossFrameAttention(io.ComfyNode):
+class CrossFrameAttention(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -67,7 +68,7 @@ class CrossFrameAttention(io.ComfyNode):
         return io.NodeOutput(guidance.with_cross_frame_attention(model, anchor, anchor_count))
 
 
-class IP2PTwoKnobGuider(io.ComfyNode):
+class IP2PTwoKnobGuider(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -99,7 +100,7 @@ class IP2PTwoKnobGuider(io.ComfyNode):
         return io.NodeOutput(g, {"samples": torch.zeros_like(src)})
 
 
-class CFGDistilledGuider(io.ComfyNode):
+class CFGDistilledGuider(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -126,7 +127,7 @@ class CFGDistilledGuider(io.ComfyNode):
         return io.NodeOutput(g, {"samples": torch.zeros_like(src)}, "\n".join(lines))
 
 
-class LoadGuidanceAdapter(io.ComfyNode):
+class LoadGuidanceAdapter(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -153,7 +154,7 @@ class LoadGuidanceAdapter(io.ComfyNode):
         return io.NodeOutput(student, info)
 
 
-class MobilePix2Pix(io.ComfyNode):
+class MobilePix2Pix(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -173,7 +174,7 @@ class MobilePix2Pix(io.ComfyNode):
         return io.NodeOutput(guidance.without_high_res_attention(model))
 
 
-class LoadOneStepStudent(io.ComfyNode):
+class LoadOneStepStudent(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -202,7 +203,7 @@ class LoadOneStepStudent(io.ComfyNode):
         return io.NodeOutput(student, info)
 
 
-class OneStepSampler(io.ComfyNode):
+class OneStepSampler(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

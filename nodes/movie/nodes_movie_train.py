@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
+from ..host.checked_node import CheckedNode
 from ..host.model_family import require_ip2p
 from ..host.trainer_inputs import node_id, overwrite_input, run_inputs, trainer_outputs
 from ..host.training_ui import loss_curve_image, resumed_note
 from . import CATEGORY, engine_cfg_distill as cfg_distill, engine_onestep_distill as onestep_distill
 from .engine_guidance import ADAPTER_FOLDER
 from .engine_onestep import STUDENT_FOLDER, teacher_adapter
-from .engine_training_data import DATA_MODES, training_data
+from .engine_training_data import DATA_MODES, frames_note, training_data
 
 
 def data_inputs() -> list:
@@ -50,7 +51,7 @@ def frames_input():
     return io.Image.Input("frames", optional=True, tooltip="Data-free mode: frames of your clip (IMAGE batch).")
 
 
-class CFGDistillTrain(io.ComfyNode):
+class CFGDistillTrain(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -92,11 +93,11 @@ class CFGDistillTrain(io.ComfyNode):
                                                                  node_id(cls), output_name, run_meta)
         last = f"{history[-1]:.5g}" if history else "n/a"
         text = (f"saved {adapter_path} after {ad.steps} steps ({len(data.x0)} training pairs); final loss {last}"
-                + resumed_note(start))
+                + resumed_note(start) + frames_note(data_mode, frames))
         return io.NodeOutput(student, loss_curve_image(history, "CFG distillation loss"), text)
 
 
-class OneStepDistillTrain(io.ComfyNode):
+class OneStepDistillTrain(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -167,7 +168,7 @@ class OneStepDistillTrain(io.ComfyNode):
         last_d = f"{d.d_losses[-1]:.4g}" if d.d_losses else "n/a"
         text = (f"saved {path} after {d.adapter.steps} steps ({cfg.v_steps} v-prediction + {cfg.steps} adversarial, "
                 f"{len(data.x0)} training pairs); final loss {last}, discriminator loss {last_d}; teacher adapter "
-                f"{d.fingerprint}" + resumed_note(start))
+                f"{d.fingerprint}" + resumed_note(start) + frames_note(data_mode, frames))
         return io.NodeOutput(student, onestep_distill.loss_curve(history, d), text)
 
 

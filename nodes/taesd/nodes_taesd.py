@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
+from ..core.frame_size import require_multiple_of_8
+from ..host.checked_node import CheckedNode
 from . import CATEGORY, engine_taesd as engine
 
 def variant_and_chunk_inputs() -> list:
@@ -18,7 +20,7 @@ def variant_and_chunk_inputs() -> list:
                                  "on it.")]
 
 
-class TAESDEncode(io.ComfyNode):
+class TAESDEncode(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -37,14 +39,13 @@ class TAESDEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, variant, frames_per_chunk) -> io.NodeOutput:
-        if images.shape[0] == 0:
-            raise ValueError("images: the video has zero frames; load a video with at least one frame")
+        require_multiple_of_8(images, "images")  # CheckedNode refused zero frames and NaN already
         vae = engine.load_taesd(variant)
         samples = engine.chunked(lambda x: vae.encode(x[:, :, :, :3]), images, frames_per_chunk)
         return io.NodeOutput({"samples": samples})
 
 
-class TAESDDecode(io.ComfyNode):
+class TAESDDecode(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

@@ -6,12 +6,13 @@ from __future__ import annotations
 import comfy.samplers
 from comfy_api.v0_0_2 import io
 
+from ..host.checked_node import CheckedNode
 from . import CATEGORY, engine_inversion, engine_inversion_files as files, engine_sampler
 
 TokenFlowInversion = io.Custom("VIDEOEDIT_TOKENFLOW_INVERSION")
 
 
-class DDIMInverter(io.ComfyNode):
+class DDIMInverter(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -54,7 +55,7 @@ class DDIMInverter(io.ComfyNode):
                                                             frames_per_chunk))
 
 
-class KeyframeSampler(io.ComfyNode):
+class KeyframeSampler(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -127,7 +128,7 @@ class KeyframeSampler(io.ComfyNode):
             start_latent)})
 
 
-class SaveInversion(io.ComfyNode):
+class SaveInversion(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -152,7 +153,7 @@ class SaveInversion(io.ComfyNode):
         return io.NodeOutput(name, ui={"text": [name]})
 
 
-class LoadInversion(io.ComfyNode):
+class LoadInversion(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
