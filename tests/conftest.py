@@ -95,3 +95,30 @@ def cancel_at(comfy, monkeypatch):
         return seen
     yield arm
     mm.interrupt_current_processing(False)
+
+
+@pytest.fixture
+def cancel_training_at():
+    """``cancel_training_at(trainer, ckpt, step)``: run ``trainer.run(ckpt)`` (the shape of every
+    trainer of the pack) with ComfyUI's Cancel (the interrupt flag /interrupt sets) pressed when
+    ``step`` finishes; asserts the run stopped there with InterruptProcessingException and left a
+    checkpoint of that step (the one a resumed run continues from)."""
+    import comfy.model_management as mm
+    from safetensors import safe_open
+
+    def run(trainer, ckpt: str, step: int) -> None:
+        steps = []
+
+        def on_step(s, loss):
+            steps.append(s)
+            if s == step:
+                mm.interrupt_current_processing(True)
+        try:
+            with pytest.raises(mm.InterruptProcessingException):
+                trainer.run(ckpt, on_step=on_step, interrupted=mm.throw_exception_if_processing_interrupted)
+        finally:
+            mm.interrupt_current_processing(False)
+        assert steps[-1] == step, f"the run went on after Cancel at step {step}: {steps}"
+        with safe_open(ckpt, framework="pt") as f:
+            assert f.metadata()["step"] == str(step)
+    return run

@@ -174,7 +174,7 @@ def test_only_the_lora_and_discriminator_heads_change(stack):
     assert moved == {"d_edit", "d_video"}, "the discriminator heads did not train in the adversarial phase"
 
 
-def test_killed_or_cancelled_run_resumes_exactly(comfy, stack, tmp_path):
+def test_killed_or_cancelled_run_resumes_exactly(comfy, stack, tmp_path, cancel_training_at):
     class Killed(Exception):
         pass
 
@@ -198,20 +198,8 @@ def test_killed_or_cancelled_run_resumes_exactly(comfy, stack, tmp_path):
     # checkpoint of step 1, and resuming it (step 2 adversarial) ends with the uninterrupted losses,
     # LoRA and discriminator heads
     import comfy.model_management as mm
-    from safetensors import safe_open
     ck = str(tmp_path / "cancelled.safetensors")
-
-    def cancel(step, loss):
-        if step == 1:
-            mm.interrupt_current_processing(True)
-    try:
-        with pytest.raises(mm.InterruptProcessingException):
-            _aligner(stack, steps=2, sds_fraction=0.5, checkpoint_every=0).run(
-                ck, on_step=cancel, interrupted=mm.throw_exception_if_processing_interrupted)
-    finally:
-        mm.interrupt_current_processing(False)
-    with safe_open(ck, framework="pt") as f:
-        assert f.metadata()["step"] == "1"
+    cancel_training_at(_aligner(stack, steps=2, sds_fraction=0.5, checkpoint_every=0), ck, 1)
     resumed = _aligner(stack, steps=2, sds_fraction=0.5, checkpoint_every=0)
     assert resumed.run(ck, interrupted=mm.throw_exception_if_processing_interrupted) == full_losses
     p2 = resumed.params()
@@ -494,29 +482,6 @@ def test_dinov2_bad_files(comfy, stack, tmp_path):
         os.remove(target)
     with pytest.raises(ValueError, match=r"vae: the DINOv2 feature network sees pixels"):
         Aligner(stack["model"], stack["control"], None, stack["data"], _cfg(), net, None)
-
-
-def test_cancel_stops_at_the_next_step_and_keeps_a_checkpoint(comfy, stack, tmp_path):
-    """ComfyUI's Cancel pressed during step 1 of 3 stops the aligner before step 2 and leaves a
-    checkpoint of step 1 (the node resumes from it), as the node wires it (host.training_ui)."""
-    import comfy.model_management as mm
-    ck = str(tmp_path / "ck.safetensors")
-    steps = []
-
-    def cancel_at_1(step, loss):
-        steps.append(step)
-        if step == 1:
-            mm.interrupt_current_processing(True)
-    try:
-        with pytest.raises(mm.InterruptProcessingException):
-            _aligner(stack, checkpoint_every=100).run(
-                ck, on_step=cancel_at_1, interrupted=mm.throw_exception_if_processing_interrupted)
-    finally:
-        mm.interrupt_current_processing(False)
-    assert steps == [1]
-    from safetensors import safe_open
-    with safe_open(ck, framework="pt") as f:
-        assert f.metadata()["step"] == "1"
 
 
 def test_my_clip_of_one_frame_trains_and_odd_sizes_are_refused(comfy, stack):
