@@ -15,8 +15,10 @@ from harness.server import ComfyServer, ComfyServerError
 
 pytestmark = pytest.mark.slow
 
-CKPT = "sd15_random.safetensors"
-OTHER_CKPT = "sd15_ip2p_random.safetensors"
+# the names install_all links the random stand-ins under (the real public files' names)
+CKPT = "v1-5-pruned-emaonly-fp16.safetensors"
+OTHER_CKPT = "instruct-pix2pix-00-22000.safetensors"
+LORA = "eve_align_lora.safetensors"
 
 
 def _invert_prompt() -> dict:
@@ -81,11 +83,10 @@ def test_saved_inversion_survives_free_and_restart_and_other_models_are_refused(
     assert (_edited(server, name) == before).all()
 
     untouched = _outputs(server)
-    lora = fixtures.eve_align_lora().name
     with pytest.raises(ComfyServerError, match=r"inversion: it was made with a different model than the one "
                                                r"connected here \(weight patches \(LoRAs, merges\): made with 0 "
                                                r"patched weights, this model has \d+\); connect the model"):
-        server.run(_edit_prompt(name, lora=lora), timeout=900)
+        server.run(_edit_prompt(name, lora=LORA), timeout=900)
     server.free()
     with pytest.raises(ComfyServerError, match=r"inversion: it was made with a different model .*\(model type: "
                                                r"made with BaseModel, this is \w+; weights: another checkpoint"):
