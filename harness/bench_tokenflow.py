@@ -234,7 +234,30 @@ def _run_worker(job: str, frames: int, size: int, steps: int = 1, chunks: int = 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-PARTS = ("flops", "recon", "time", "memory")
+def identity_rows(comfy) -> list[list[str]]:
+    """What the model identity an inversion stores (host.model_identity) costs on the full-size
+    SD1.5 fixture: the first call hashes the UNet's weights (once per loaded model), later calls
+    reuse it and only walk the weight patches (a LoRA's tensors are hashed once too)."""
+    import comfy.sd as comfy_sd  # ComfyUI's module; the argument ``comfy`` is the harness
+    from safetensors.torch import load_file
+    from . import fixtures
+    from .pack import running_pack_module
+    identity = running_pack_module("host.model_identity")
+    model, _, _ = _load_sd15(comfy)
+    lora, _ = comfy_sd.load_lora_for_models(model, None, load_file(str(fixtures.eve_align_lora())), 1.0, 0.0)
+    times = []
+    for m in (model, model, lora, lora):
+        t0 = time.perf_counter()
+        identity.model_identity(m)
+        times.append(time.perf_counter() - t0)
+    n = sum(p.numel() for p in model.model.diffusion_model.parameters())
+    return [[f"first call on a loaded model: hash of the UNet's {n / 1e6:.0f} M weights", f"{times[0]:.2f}"],
+            ["later calls (every DDIM Inverter / Keyframe Sampler run)", f"{times[1]:.4f}"],
+            [f"with a rank-4 LoRA on {len(lora.patches)} weights: first call / later calls",
+             f"{times[2]:.2f} / {times[3]:.4f}"]]
+
+
+PARTS = ("flops", "recon", "time", "memory", "identity")
 
 
 def bench_tokenflow(comfy, repeats: int = 1, size: int = 256, time_frames: int = 4, time_steps: int = 1,
@@ -260,6 +283,9 @@ def bench_tokenflow(comfy, repeats: int = 1, size: int = 256, time_frames: int =
         tables.append(_time_table(size, time_frames, time_steps, fpc, threads))
     if "memory" in parts:
         tables.append(_memory_table(lengths, mem_size or size, fpc, mem_chunks, threads))
+    if "identity" in parts:
+        tables.append(print_table(f"Model identity of an inversion, full-size random SD1.5 ({threads})",
+                                  ["call", "seconds"], identity_rows(comfy)))
     return "\n".join(tables)
 
 
@@ -314,7 +340,8 @@ def main() -> None:
         return
     parts = a.parts.split(",")
     if not set(parts) <= {"time", "memory"}:
-        raise SystemExit("--parts: only time and memory run standalone (flops, recon: ./videoedit bench --only tokenflow)")
+        raise SystemExit("--parts: only time and memory run standalone "
+                         "(flops, recon, identity: ./videoedit bench --only tokenflow)")
     bench_tokenflow(None, size=a.size, time_frames=a.frames, time_steps=a.steps, mem_chunks=a.chunks, fpc=a.fpc,
                     mem_size=a.size, lengths=tuple(int(x) for x in a.lengths.split(",")), parts=parts)
 

@@ -283,10 +283,7 @@ def test_tokenflow_inverts_once_and_moves_the_inversion(comfy_server, sample_cli
         assert (b.base / "output" / sub / name).read_bytes() == (comfy_server.base / "output" / sub / name).read_bytes()
         assert (out / "inversions" / name).is_file()  # the local copy it went through
         bronze = again["shot.bronze"]
-        if bronze["state"] == "failed" and "made with a different model" in bronze["error"]:
-            pytest.xfail("TokenFlow's model identity (nodes_tokenflow.model_signature) hashes the ModelPatcher's "
-                         "random patches_uuid, so the sampler refuses an inversion in any other server or session")
-        assert bronze["state"] == "done", bronze.get("error")
+        assert bronze["state"] == "done", bronze.get("error")  # the other server's model is the same model
         assert read_video(out / "shot.bronze.mp4")[0].shape == (8, 64, 64, 3)
     finally:
         b.stop()

@@ -1,6 +1,8 @@
 """TokenFlow Keyframe Sampler on a tiny random-weight SD1.5-shaped model."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -229,14 +231,35 @@ def test_one_frame_and_interval_larger_than_clip(tiny, nodes):
     assert out.shape == (3, 4, 8, 8) and torch.isfinite(out).all()
 
 
+def test_odd_sizes_and_zero_frames(tiny, nodes):
+    """Latents of odd size (9x7: 72x56 pixels) invert and edit at their size, with propagation,
+    extended attention and PnP; a latent without frames is refused at the inverter."""
+    _, model, conds = tiny
+    inverter, sampler = nodes
+    odd = {"samples": torch.randn(3, 4, 9, 7, generator=torch.Generator().manual_seed(2))}
+    inv, noised = inverter.execute(model, conds["source"], odd, 2, "normal", 0, 16).result
+    assert inv.trajectory.shape == (3, 3, 4, 9, 7) and noised["samples"].shape == (3, 4, 9, 7)
+    out = _sample(sampler, model, conds, inv, frames_per_chunk=2)
+    assert out.shape == (3, 4, 9, 7) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="latent: the batch holds zero frames; encode a video with at least one"):
+        inverter.execute(model, conds["source"], {"samples": torch.zeros(0, 4, 8, 8)}, 2, "normal", 0, 16)
+
+
 def test_mismatches_are_refused_naming_what_differs(comfy, tiny, nodes, inverted):
     import comfy.samplers
     from harness.fixtures import build_model, tiny_unet_config
     base, model, conds = tiny
     _, sampler = nodes
     inv, noised = inverted
-    with pytest.raises(ValueError, match="inversion: .*different model"):
+    with pytest.raises(ValueError, match=r"inversion: it was made with a different model than the one connected here "
+                                         r"\(weights: another checkpoint / UNet file .*\); connect the model"):
         _sample(sampler, _gaussian_wrapped(build_model(tiny_unet_config(), seed=4)), conds, inv)
+    # the same weights in another load (as after /free or a restart) are the same model
+    _sample(sampler, _gaussian_wrapped(build_model(tiny_unet_config(), seed=3)), conds, inv, **NEUTRAL)
+    with pytest.raises(ValueError, match="inversion: it carries no model identity.*invert the video again"):
+        _sample(sampler, model, conds, dataclasses.replace(inv, model_id="3f2a9c0d1e2b4a5f"))
+    with pytest.raises(ValueError, match="inversion: its latents have 3 channels, this model works on 4"):
+        _sample(sampler, model, conds, dataclasses.replace(inv, trajectory=inv.trajectory[:, :, :3]))
     other = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", 5)
     with pytest.raises(ValueError, match=f"sigmas: 5 steps.*made with {inv.steps} steps"):
         _sample(sampler, model, conds, inv, sigmas=other)

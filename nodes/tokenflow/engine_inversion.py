@@ -18,6 +18,7 @@ import comfy.model_sampling
 import comfy.samplers
 
 from ..core.frame_chunks import frame_chunks
+from ..host.model_identity import identity_string
 from ..host.progress import SamplingProgress
 from . import ddim
 
@@ -36,7 +37,7 @@ class Inversion:
     fingerprint: str
     refine_iters: int
     scheduler: str
-    model_id: str = ""  # hash of the model's signature: the sampler refuses another model
+    model_id: str = ""  # host.model_identity JSON of the model: the sampler refuses another model
     source_context: torch.Tensor | None = None  # the inversion prompt's cross-attention tokens [1, T, C]
 
     @property
@@ -44,19 +45,11 @@ class Inversion:
         return len(self.sigmas) - 1
 
 
-def model_signature(model) -> tuple:
-    """Cheap identity of a ModelPatcher's weights: classes, patch set and two weight tensors."""
-    inner = model.model
-    params = list(inner.diffusion_model.parameters())
-    first, last = params[0].detach(), params[-1].detach()
-    return (type(inner).__name__, type(model.get_model_object("model_sampling")).__name__,
-            str(model.patches_uuid), len(model.patches), first.float().sum().item(), last.float().sum().item(),
-            tuple(first.shape), tuple(last.shape))
-
-
 def model_id(model) -> str:
-    """Short hash of ``model_signature``: which weights (and weight patches) a model has."""
-    return ddim.fingerprint(*model_signature(model))
+    """Which model (weights, weight patches, model sampling) made an inversion, as
+    ``host.model_identity`` stores it: the same checkpoint and LoRAs give the same id after a
+    reload, a restart or on another server."""
+    return identity_string(model)
 
 
 def check_model_sampling(model) -> None:
@@ -80,9 +73,9 @@ def check_latent(samples: torch.Tensor, model) -> None:
                          "latents; encode the frames with the VAE of this model's family")
 
 
-def inversion_fingerprint(model, positive, samples: torch.Tensor, sigmas: torch.Tensor) -> str:
+def inversion_fingerprint(model_identity: str, positive, samples: torch.Tensor, sigmas: torch.Tensor) -> str:
     cond = positive[0][0] if positive and isinstance(positive[0][0], torch.Tensor) else repr(positive)[:200]
-    return ddim.fingerprint(*model_signature(model), samples, cond, sigmas.float())
+    return ddim.fingerprint(model_identity, samples, cond, sigmas.float())
 
 
 class FrameSelector:
@@ -166,11 +159,11 @@ def invert_video(model, positive, latent: dict, steps: int, scheduler: str, refi
     check_latent(samples, model)
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps)
     sigmas = sigmas.float().cpu()
+    mid = model_id(model)
     trajectory, noised = ddim_invert_model(model, positive, samples, sigmas, refine_iters, frames_per_chunk)
     context = positive[0][0] if positive and isinstance(positive[0][0], torch.Tensor) else None
-    inv = Inversion(trajectory, sigmas, inversion_fingerprint(model, positive, samples, sigmas),
-                    refine_iters, scheduler, model_id(model),
-                    None if context is None else context[:1].detach().float().cpu().clone())
+    inv = Inversion(trajectory, sigmas, inversion_fingerprint(mid, positive, samples, sigmas), refine_iters, scheduler,
+                    mid, None if context is None else context[:1].detach().float().cpu().clone())
     out_latent = {k: v for k, v in latent.items() if k != "noise_mask"}
     out_latent["samples"] = noised
     return inv, out_latent

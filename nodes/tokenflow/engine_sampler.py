@@ -44,7 +44,8 @@ import folder_paths
 from ..core.frame_chunks import frame_chunks
 from ..host.progress import SamplingProgress
 from . import ddim, propagation
-from .engine_inversion import FrameSelector, Inversion, check_model_sampling, model_id
+from ..host.model_identity import identity_differences, model_identity, parse_identity
+from .engine_inversion import FrameSelector, Inversion, check_model_sampling
 from .engine_patches import TokenFlowState, patch_model
 from .token_store import TokenStore, choose_place
 
@@ -58,11 +59,20 @@ def check_inversion(inv: Inversion, model, sigmas: torch.Tensor | None, latent: 
     """Refuse an inversion made for another model / other sigmas / other frames, naming what differs."""
     if not isinstance(inv, Inversion):
         raise ValueError("inversion: expected the output of TokenFlow DDIM Inverter (or Load Inversion)")
-    mid = model_id(model)
-    if inv.model_id and inv.model_id != mid:
-        raise ValueError("inversion: it was made with a different model (or the same model with other LoRAs/"
-                         "patches) than the one connected here; invert the video with this model, or connect "
-                         "the model the inversion was made with")
+    made_with = parse_identity(inv.model_id)
+    if made_with is None:
+        raise ValueError("inversion: it carries no model identity this version can check (an inversion from an "
+                         "older version of the pack, whose model id changed with every model load); invert the "
+                         "video again with TokenFlow DDIM Inverter and save it with TokenFlow Save Inversion")
+    differences = identity_differences(made_with, model_identity(model))
+    if differences:
+        raise ValueError(f"inversion: it was made with a different model than the one connected here "
+                         f"({'; '.join(differences)}); connect the model (checkpoint and LoRAs) the inversion was "
+                         "made with, or invert the video again with this model")
+    channels = model.get_model_object("latent_format").latent_channels
+    if inv.trajectory.shape[2] != channels:
+        raise ValueError(f"inversion: its latents have {inv.trajectory.shape[2]} channels, this model works on "
+                         f"{channels}; invert the video with this model")
     if sigmas is not None:
         s = sigmas.float().cpu().flatten()
         if s.numel() != inv.sigmas.numel():

@@ -179,7 +179,7 @@ class LoadInversion(CheckedNode):
 
     @classmethod
     def execute(cls, name) -> io.NodeOutput:
-        return io.NodeOutput(files.load_inversion(files.resolve_inversion(name)))
+        return io.NodeOutput(files.load_by_name(name))
 
 
 NODES = [DDIMInverter, KeyframeSampler, SaveInversion, LoadInversion]
