@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 import pytest
-from test_browser import SCREENSHOTS, page  # noqa: F401  the module-scoped page on the session server
+from test_browser import SCREENSHOTS, browser, canvases, frontend_servers  # noqa: F401  module-scoped fixtures on the session server
 
 from harness.model_catalog import TRAINED
 
@@ -126,8 +126,10 @@ def _thumbnail(pg, path: Path) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def canvas(page):  # noqa: F811
-    """The page with the first-run banner dismissed (screenshots show the canvas)."""
+def canvas(canvases):  # noqa: F811
+    """The embedded frontend's page (legacy canvas) with the first-run banner dismissed
+    (screenshots show the canvas)."""
+    page = canvases("embedded")
     page.evaluate("() => localStorage.setItem('vueNodesBannerDismissed', 'true')")
     _reload(page)
     return page
