@@ -59,7 +59,9 @@ def comfy_server():
 
 
 @pytest.fixture(scope="session")
-def object_info(comfy_server):
+def object_info(comfy_server, sample_clip):
+    """The test server's /object_info, taken with the sample clip in its input folder: LoadVideo's
+    file listing then holds the file every template names."""
     return comfy_server.object_info()
 
 
