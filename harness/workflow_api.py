@@ -310,6 +310,11 @@ def _all_input_names(specs: list[InputSpec]) -> set[str]:
     return names
 
 
+def input_names(node_def: dict) -> set[str]:
+    """Every input name a node definition can be sent, dynamic-combo options' inputs (dotted) included."""
+    return _all_input_names(input_specs(node_def))
+
+
 def _find_nodes(prompt: dict, node: str) -> list[str]:
     """Ids of the nodes ``node`` names: by id, else by title, else by class type."""
     targets = [nid for nid in prompt if nid == node]
@@ -346,7 +351,7 @@ def apply_overrides(prompt: dict, overrides: Iterable[str], object_info: dict | 
             n = prompt[nid]
             allowed = set(n["inputs"])
             if object_info and n["class_type"] in object_info:
-                allowed |= _all_input_names(input_specs(object_info[n["class_type"]]))
+                allowed |= input_names(object_info[n["class_type"]])
             if name not in allowed:
                 raise ValueError(f"override '{text}': node {nid} ({n['class_type']}) has no input '{name}'; "
                                  f"its inputs: {', '.join(sorted(allowed))}")

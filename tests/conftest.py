@@ -59,8 +59,30 @@ def comfy_server():
 
 
 @pytest.fixture(scope="session")
-def object_info(comfy_server):
+def object_info(comfy_server, sample_clip):
+    """The test server's /object_info, taken with the sample clip in its input folder: LoadVideo's
+    file listing then holds the file every template names."""
     return comfy_server.object_info()
+
+
+@pytest.fixture(scope="session")
+def current_core_defs(object_info):
+    """Current core's recorded definitions of the core nodes (tests/data), their folder listings
+    (input files, model names) taken from the test server, which lists the same folders current
+    core would; with the pack's nodes as the test server defines them."""
+    import json
+    data = json.loads((ROOT / "tests" / "data" / "current_core_object_info.json").read_text())
+    defs = data["object_info"]
+    for cls, names in data["folder_lists"].items():
+        for name in names:
+            served = object_info[cls]["input"]["required"][name]
+            listing = list(served[0] if isinstance(served[0], list) else served[1]["options"])
+            spec = defs[cls]["input"]["required"][name]
+            if isinstance(spec[0], list):
+                spec[0] = listing
+            else:
+                spec[1]["options"] = listing
+    return {**object_info, **defs}
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,9 @@ Two frontends, both against the embedded ComfyUI 0.3.75 backend (the session's t
   takes its files from that server and sends its API calls and websocket to the test server, so
   one training run feeds the live loss chart on every canvas.
 The loss chart is checked on both frontends with Nodes 2.0 (Comfy.VueNodes.Enabled) off and on.
+Every template's widgets must hold what harness.workflow_api sends for them (a value restored into
+the wrong widget shows there); tests/test_browser_core.py does the same on the newest frontend with
+current core's definitions.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from harness.workflow_api import to_api
+from harness.workflow_api import input_names, to_api
 
 pytestmark = pytest.mark.browser
 
@@ -261,14 +264,46 @@ def test_workflow_loads_intact_in_canvas(canvases, frontend, path, object_info):
 
     # the canvas's own UI -> API conversion must agree with harness.workflow_api
     canvas = page.evaluate("async () => (await window.app.graphToPrompt()).output")
-    ours = to_api(wf, object_info)
+    assert _backend_inputs(canvas, object_info) == _plain(to_api(wf, object_info))
+    assert misplaced_widget_values(page, wf, object_info) == []
 
-    def backend_inputs(node):  # the frontend also sends its own DOM widgets (e.g. 'video-preview')
-        spec = object_info[node["class_type"]]["input"]
-        known = {**spec.get("required", {}), **spec.get("optional", {})}
-        return {k: v for k, v in node["inputs"].items() if k in known}
-    assert {k: (v["class_type"], backend_inputs(v)) for k, v in canvas.items()} == \
-           {k: (v["class_type"], v["inputs"]) for k, v in ours.items()}
+
+# every node's widgets as the canvas holds them now, and its inputs fed by a link
+CANVAS_WIDGETS = """() => (window.app.graph._nodes ?? window.app.graph.nodes).map(n => ({
+  id: String(n.id), widgets: (n.widgets ?? []).map(w => [w.name, w.value]),
+  linked: (n.inputs ?? []).filter(i => i.link != null).map(i => i.name)}))"""
+
+
+def misplaced_widget_values(page, wf: dict, defs: dict) -> list[str]:
+    """Every widget of an input the definitions name must hold the value harness.workflow_api sends
+    for it, and every such value must have its widget (a saved value restored by position into the
+    wrong widget, like 0.3.75's upload-button "image" in current core's LoadVideo edit, shows here)."""
+    sent = to_api(wf, defs)
+    problems = []
+    for node in page.evaluate(CANVAS_WIDGETS):
+        if node["id"] not in sent:
+            continue  # Notes
+        cls = sent[node["id"]]["class_type"]
+        names, want = input_names(defs[cls]), sent[node["id"]]["inputs"]
+        shown = {name: value for name, value in node["widgets"] if name in names and name not in node["linked"]}
+        for name, value in shown.items():
+            if value != want.get(name):
+                problems.append(f"node {node['id']} ({cls}): widget '{name}' shows {value!r}, "
+                                f"harness.workflow_api sends {want.get(name)!r}")
+        unshown = {n for n, v in want.items() if not isinstance(v, list)} - set(shown)
+        problems += [f"node {node['id']} ({cls}): no widget shows '{n}'" for n in sorted(unshown)]
+    return problems
+
+
+def _plain(prompt: dict) -> dict:
+    return {k: (v["class_type"], v["inputs"]) for k, v in prompt.items()}
+
+
+def _backend_inputs(prompt: dict, defs: dict) -> dict:
+    """The prompt's inputs the definitions name: the frontend also sends its own DOM widgets
+    (e.g. 'video-preview'), which the server ignores."""
+    return {k: (v["class_type"], {i: x for i, x in v["inputs"].items() if i in input_names(defs[v["class_type"]])})
+            for k, v in prompt.items()}
 
 
 def _wait_queue_empty(server, timeout: float = 600) -> None:

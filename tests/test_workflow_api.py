@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from harness.prompt_inputs import invalid_inputs
 from harness.workflow_api import WorkflowError, apply_overrides, parse_override, to_api, widget_values
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDTRIP = ROOT / "example_workflows" / "taesd_video_roundtrip.json"
+TEMPLATES = sorted((ROOT / "example_workflows").glob("*.json"))
 DATA = Path(__file__).resolve().parent / "data"
 
 
@@ -222,10 +224,10 @@ def legacy_prompt_as_meant(sent: dict, core: dict) -> dict:
 
 
 def test_older_saved_workflow_under_current_core(core):
-    """Our templates' shape (saved for ComfyUI 0.3.75: SaveVideo [prefix, format, codec] as plain
-    combos, LoadVideo [file, "image"], CreateVideo [fps]) under current core's schemas converts to
-    what the newest frontend sends after loading it (but for its LoadVideo slip, see above): the
-    old codec value lands on the nested format.codec, the hidden top-level codec and the new
+    """A workflow as 0.3.75's frontend saves it (SaveVideo [prefix, format, codec] as plain combos,
+    LoadVideo [file, "image"], CreateVideo [fps]; our templates before harness/template_layout.py)
+    under current core's schemas converts to what the newest frontend sends after loading it (but
+    for its LoadVideo slip, see above): the old codec value lands on the nested format.codec, the hidden top-level codec and the new
     optional widgets take their defaults."""
     wf, sent = _data("legacy_saved_workflow.json"), _data("legacy_saved_prompt.json")
     assert to_api(wf, core) == legacy_prompt_as_meant(sent, core)
@@ -302,3 +304,17 @@ def test_overrides_reach_dynamic_combo_children(core):
     assert out["5"]["inputs"]["format.codec.encoding"] == "re-encode"
     with pytest.raises(ValueError, match="has no input 'format.codecs'"):
         apply_overrides(prompt, ["SaveVideo.format.codecs=h264"], core)
+
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=[p.stem for p in TEMPLATES])
+def test_templates_convert_to_prompts_both_cores_accept(path, object_info, current_core_defs):
+    """Every shipped template, converted against 0.3.75's /object_info and against current core's
+    recorded definitions, sends only inputs that server accepts (the frontends' own restore is
+    checked in the real canvases: tests/test_browser.py, tests/test_browser_core.py)."""
+    wf = json.loads(path.read_text())
+    for defs in (object_info, current_core_defs):
+        prompt = to_api(wf, defs)
+        assert invalid_inputs(prompt, defs) == [], path.name
+    load = [n for n in to_api(wf, current_core_defs).values() if n["class_type"] == "LoadVideo"]
+    assert load and all(n["inputs"]["edit"] == current_core_defs["LoadVideo"]["input"]["optional"]["edit"][1]["default"]
+                        for n in load)

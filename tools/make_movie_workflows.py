@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from harness import embedded  # noqa: E402
 from harness.model_catalog import models_note, stamp_models  # noqa: E402
+from harness.template_layout import portable_widget_values  # noqa: E402
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEEDS = {"seed", "noise_seed"}
@@ -52,12 +53,8 @@ def build(name, title, nodes, note, comfy):
                     if opts.get("control_after_generate") or (tname == "INT" and iname in SEEDS
                                                               and opts.get("control_after_generate") is not False):
                         wvals.append("fixed")
-                    if opts.get("video_upload") or opts.get("image_upload"):
-                        pass
                 if is_widget or iname in ins or tname not in WIDGET_TYPES:
                     inputs.append(item)
-        if typ == "LoadVideo":
-            wvals.append("image")
         ui_nodes.append({"id": nid, "type": typ, "pos": list(pos), "size": [320, 120], "flags": {}, "order": len(ui_nodes),
                          "mode": 0, "inputs": inputs, "outputs": [], "properties": {"Node name for S&R": typ},
                          "widgets_values": wvals, "_cls": cls})
@@ -74,6 +71,7 @@ def build(name, title, nodes, note, comfy):
           "groups": [{"id": 1, "title": title, "bounding": [-20, -500, 2100, 60], "color": "#3f789e", "font_size": 24,
                       "flags": {}}], "config": {}, "extra": {"ds": {"scale": 0.6, "offset": [100, 560]}}, "version": 0.4}
     stamp_models(wf)  # properties.models per loader: the missing-models dialog's download list
+    portable_widget_values(wf)  # core nodes saved so 0.3.75's and current core's frontends both restore them
     (ROOT / "example_workflows" / f"{name}.json").write_text(json.dumps(wf, indent=1) + "\n")
 
 
