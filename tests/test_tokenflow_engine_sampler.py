@@ -306,3 +306,30 @@ def test_cancel_stops_within_one_chunk(tiny, nodes, inverted):
     total = seen[0][1]
     assert total == inv.steps * 3  # 5 frames in chunks of 2, per step
     assert [v for v, _ in seen] == [1, 2]
+
+
+def test_keyframe_window_covering_the_clip_is_the_papers_edit_and_a_narrow_one_is_not(tiny, nodes):
+    """keyframe_attention: auto on a short clip and a window that reaches every keyframe give the
+    all-keyframes edit bit for bit; a window of 1 frame around keyframes 3 frames apart leaves each
+    keyframe attending to itself only, i.e. plain self-attention in the keyframe pass."""
+    _, model, conds = tiny
+    inverter, sampler = nodes
+    inv, _ = inverter.execute(model, conds["source"], _latent(), 2, "ddim_uniform", 0, 16).result  # step 0: PnP
+    paper = _sample(sampler, model, conds, inv, keyframe_attention="all")  # 5 frames, interval 2: 3 keyframes
+    assert torch.equal(_sample(sampler, model, conds, inv), paper)  # auto, window 48: all keyframes
+    wide = _sample(sampler, model, conds, inv, keyframe_attention="window", keyframe_window=4, window_anchor=False)
+    assert torch.equal(wide, paper)
+    narrow = _sample(sampler, model, conds, inv, keyframe_attention="window", keyframe_window=1, window_anchor=False)
+    assert float((narrow - paper).abs().max()) > 1e-4
+    # auto switches by length: 5 frames > 2 * 1 + 1, so window 1 is applied
+    assert torch.equal(_sample(sampler, model, conds, inv, keyframe_window=1, window_anchor=False), narrow)
+    even = dict(keyframes="even", keyframe_interval=3)  # keyframes 1 and 4
+    self_only = _sample(sampler, model, conds, inv, keyframe_attention="window", keyframe_window=1,
+                        window_anchor=False, **even)
+    plain = _sample(sampler, model, conds, inv, extended_attention=False, **even)
+    torch.testing.assert_close(self_only, plain, atol=1e-5, rtol=1e-5)
+    # with the anchor the second keyframe also attends to the first (the first only to itself)
+    anchored = _sample(sampler, model, conds, inv, keyframe_attention="window", keyframe_window=1, **even)
+    assert float((anchored - self_only).abs().max()) > 1e-4
+    with pytest.raises(ValueError, match="keyframe_attention"):
+        _sample(sampler, model, conds, inv, keyframe_attention="nearest")
