@@ -170,6 +170,29 @@ def test_keyframe_pass_one_group_at_a_time_is_the_same_computation(tiny, nodes, 
     torch.testing.assert_close(split, joint, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("pnp", [True, False])
+def test_propagated_frames_skip_their_qkv_projections_for_the_same_edit(tiny, nodes, inverted, monkeypatch, pnp):
+    """In the edit pass of propagated frames every self-attention output is replaced by the
+    keyframes' tokens, so q/k/v are projected for one token per frame only (``qkv_shortcut``):
+    the edit is bit-identical to projecting every token, with and without PnP injection, and the
+    step costs fewer FLOPs (if the shortcut did not fire, the counts would be equal)."""
+    import functools
+    from harness.measure import count_flops
+    from harness.pack import pack_module
+    _, model, conds = tiny
+    _, sampler = nodes
+    inv, _ = inverted
+    kw = {} if pnp else dict(pnp_f_t=0.0, pnp_attn_t=0.0)
+    flops_short, short = count_flops(lambda: _sample(sampler, model, conds, inv, **kw))
+    mod = pack_module(sampler, "tokenflow.engine_sampler")
+    monkeypatch.setattr(mod, "TokenFlowState", functools.partial(mod.TokenFlowState, qkv_shortcut=False))
+    flops_full, full = count_flops(lambda: _sample(sampler, model, conds, inv, **kw))
+    print(f"[propagated q/k/v shortcut, pnp {pnp}] max|diff| {float((short - full).abs().max()):.3e}, "
+          f"FLOPs {flops_short / flops_full:.3f}x")
+    assert torch.equal(short, full)
+    assert flops_short < 0.99 * flops_full  # 0.982x here (tiny model, attention a small share of it)
+
+
 def test_pnp_injection_makes_the_structure_prompt_independent(tiny, nodes):
     """Plug-and-Play injects the *source's* conv features and q/k, which do not depend on the
     edit prompt: two different prompts give closer results with injection than without (a
