@@ -57,13 +57,16 @@ def prepare_base_dir(base: Path = DEFAULT_BASE) -> Path:
 
 
 def server_command(base: Path, port: int, extra_args: list[str] | None = None,
-                   python: str = sys.executable) -> list[str]:
-    """Command that starts the real ComfyUI server on loopback with our pack loaded."""
+                   python: str = sys.executable, comfyui: Path | None = None, cpu: bool = True) -> list[str]:
+    """Command that starts the real ComfyUI server on loopback with our pack loaded.
+
+    ``comfyui``: the checkout whose main.py runs (default ``find_comfyui()``); ``cpu=False``
+    leaves the device to ComfyUI (gpucheck on a GPU)."""
     base = Path(base).resolve()
     # The default database path ignores --base-directory, so name it explicitly.
     return [
-        python, str(find_comfyui() / "main.py"),
-        "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+        python, str(Path(comfyui or find_comfyui()) / "main.py"),
+        *(["--cpu"] if cpu else []), "--listen", "127.0.0.1", "--port", str(port),
         "--disable-auto-launch",
         "--base-directory", str(base),
         "--database-url", f"sqlite:///{base / 'user' / 'comfyui.db'}",

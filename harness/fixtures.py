@@ -2,10 +2,12 @@
 
 Full-size files, written once into a git-ignored cache keyed by their config, in the key
 layouts users' real files have, so the pack's loading code runs on them unchanged:
-- SD1.5 / InstructPix2Pix single-file LDM checkpoints, built with ComfyUI's own UNet, CLIP
-  and VAE classes and saved through ComfyUI's own checkpoint-saving key conversion;
+- SD1.5 / InstructPix2Pix / SD2.1-base single-file LDM checkpoints, built with ComfyUI's own
+  UNet, CLIP (SD2: OpenCLIP ViT-H) and VAE classes and saved through ComfyUI's own
+  checkpoint-saving key conversion;
 - an SD1.5 ControlNet (ComfyUI's ``cldm.ControlNet``, the control_v11 key layout);
-- an AnimateDiff v2/v3-format SD1.5 motion module (original AnimateDiff key layout);
+- an AnimateDiff v2/v3-format SD1.5 motion module (original AnimateDiff key layout), also as a
+  torch zip ``.ckpt`` like guoyww's files;
 - TAESD encoder/decoder files (``comfy.taesd``'s modules, the madebyollin/taesd layout).
 Tiny in-memory variants (small UNet/CLIP) are built through ComfyUI's public classes for
 fast tests; stock detection rejects them, so they are never written as checkpoints.
@@ -13,6 +15,9 @@ fast tests; stock detection rejects them, so they are never written as checkpoin
 ComfyUI's layers skip weight init (its ops leave ``reset_parameters`` empty), so every
 module is re-initialised with torch's own ``reset_parameters`` and every tensor is checked
 finite before it is saved.
+
+``install_all`` links each fixture into a base directory under the name of the real public file
+it stands in for (harness/model_catalog.py), so the shipped templates run unchanged on them.
 
 Usage: ``python -m harness.fixtures [--base DIR]`` generates everything and links it into
 ``DIR/models``.
@@ -118,20 +123,29 @@ def sd15_unet_config(model_channels: int = 320, in_channels: int = 4, context_di
     }
 
 
-def _model_config(unet_config: dict, ip2p: bool):
+def sd21_unet_config() -> dict:
+    """The UNet config ComfyUI's model detection produces for SD2.x (v2-1_512-ema-pruned):
+    SD1.5's layout with OpenCLIP ViT-H context (1024), linear projections in the transformers
+    and 64-channel heads."""
+    return {**sd15_unet_config(context_dim=1024), "use_linear_in_transformer": True,
+            "num_heads": -1, "num_head_channels": 64}
+
+
+def _model_config(unet_config: dict, ip2p: bool, family: str | None = None):
+    """``family``: a comfy.supported_models class name (default SD15 / SD15_instructpix2pix)."""
     use_comfy()
     import comfy.supported_models as sm
-    cls = sm.SD15_instructpix2pix if ip2p else sm.SD15
+    cls = getattr(sm, family) if family else (sm.SD15_instructpix2pix if ip2p else sm.SD15)
     cfg = cls(dict(unet_config))
     cfg.set_inference_dtype(torch.float32, None)
     return cfg
 
 
-def build_model(unet_config: dict, ip2p: bool = False, seed: int = 0):
+def build_model(unet_config: dict, ip2p: bool = False, seed: int = 0, family: str | None = None):
     """A random-weight ComfyUI model (ModelPatcher) from a UNet config, via public classes."""
     use_comfy()
     import comfy.model_patcher
-    cfg = _model_config(unet_config, ip2p)
+    cfg = _model_config(unet_config, ip2p, family)
     model = cfg.get_model({})
     reset_parameters(model.diffusion_model, seed)
     assert_finite(model.diffusion_model.state_dict(), "unet")
@@ -139,17 +153,22 @@ def build_model(unet_config: dict, ip2p: bool = False, seed: int = 0):
                                             offload_device=torch.device("cpu"))
 
 
-def build_clip(seed: int = 1, tiny: bool = False):
+def build_clip(seed: int = 1, tiny: bool = False, sd2: bool = False):
     """A random-weight SD1 CLIP (comfy.sd.CLIP) with the real SD1 tokenizer.
 
     ``tiny``: 2 layers, width 64 (context_dim 64) for the tiny UNet configs.
+    ``sd2``: SD2's OpenCLIP ViT-H text encoder instead (24 layers, width 1024, penultimate
+    layer), ComfyUI's own SD2ClipModel and tokenizer.
     """
     use_comfy()
     import comfy.sd
     import comfy.sd1_clip
     import comfy.supported_models_base as smb
 
-    if tiny:
+    if sd2:
+        from comfy.text_encoders import sd2_clip
+        target = smb.ClipTarget(sd2_clip.SD2Tokenizer, sd2_clip.SD2ClipModel)
+    elif tiny:
         def clip_model(**kw):
             cfg = {"hidden_act": "quick_gelu", "hidden_size": 64, "intermediate_size": 128,
                    "num_attention_heads": 2, "num_hidden_layers": 2, "vocab_size": 49408,
@@ -184,23 +203,36 @@ def tiny_unet_config(ip2p: bool = False, model_channels: int = 32) -> dict:
 
 # ------------------------------------------------------------------------ full-size files
 
-def sd15_checkpoint(ip2p: bool = False) -> Path:
-    """Full-size random SD1.5 (or InstructPix2Pix) single-file checkpoint, fp16 (~2 GiB)."""
-    name = "sd15_ip2p_random" if ip2p else "sd15_random"
-    config = {"unet": sd15_unet_config(in_channels=8 if ip2p else 4), "vae": SD_VAE_DDCONFIG, "ip2p": ip2p}
-
+def _ldm_checkpoint(name: str, config: dict, unet_seed: int, clip_seed: int, family: str | None = None) -> Path:
+    """A random single-file LDM checkpoint (UNet + text encoder + SD VAE), fp16, saved through
+    ComfyUI's own save-side key conversion (what CheckpointSave writes): the layout of the real
+    files. ``family``: a comfy.supported_models class (default SD15 / SD15_instructpix2pix)."""
     def build(d: Path):
         use_comfy()
         import comfy.model_management
-        patcher = build_model(config["unet"], ip2p=ip2p, seed=10 + ip2p)
-        clip = build_clip(seed=11)
-        # ComfyUI's own save-side key conversion (what CheckpointSave writes): the LDM layout.
+        patcher = build_model(config["unet"], ip2p=config.get("ip2p", False), seed=unet_seed, family=family)
+        clip = build_clip(seed=clip_seed, sd2=family == "SD20")
         sd = patcher.model.state_dict_for_saving(clip.get_sd(), build_sd_vae(seed=12), None)
         _save(sd, d / f"{name}.safetensors", what=name)
-        del patcher, clip
+        del patcher, clip, sd
         comfy.model_management.soft_empty_cache()
 
     return _cached(name, config, build) / f"{name}.safetensors"
+
+
+def sd15_checkpoint(ip2p: bool = False) -> Path:
+    """Full-size random SD1.5 (or InstructPix2Pix) single-file checkpoint, fp16 (~2 GiB)."""
+    config = {"unet": sd15_unet_config(in_channels=8 if ip2p else 4), "vae": SD_VAE_DDCONFIG, "ip2p": ip2p}
+    return _ldm_checkpoint("sd15_ip2p_random" if ip2p else "sd15_random", config, 10 + ip2p, 11)
+
+
+def sd21_checkpoint() -> Path:
+    """Full-size random Stable Diffusion 2.1 base checkpoint, fp16 (2.43 GiB): the architecture
+    of v2-1_512-ema-pruned (TokenFlow's backbone) through ComfyUI's SD20 config, OpenCLIP text
+    encoder under cond_stage_model.model.*. LayerNorm biases start at zero, so ComfyUI's
+    detection reads it as eps, like the real 512 base (the 768 model is v-prediction)."""
+    config = {"unet": sd21_unet_config(), "vae": SD_VAE_DDCONFIG, "clip": "sd2_clip_h"}
+    return _ldm_checkpoint("sd21_base_random", config, 13, 14, family="SD20")
 
 
 def sd15_vae() -> Path:
@@ -298,6 +330,20 @@ def animatediff_motion_module(version: str = "v2") -> Path:
         _save(sd, d / f"{name}.safetensors", what=name)
 
     return _cached(name, config, build) / f"{name}.safetensors"
+
+
+def animatediff_motion_module_ckpt(version: str = "v2") -> Path:
+    """The motion module of ``animatediff_motion_module`` as a torch zip of tensors (``.ckpt``),
+    the container of guoyww's mm_sd_v15_v2.ckpt / v3_sd15_mm.ckpt: what the pack's loader reads
+    with torch.load(weights_only=True)."""
+    from safetensors.torch import load_file
+    src = animatediff_motion_module(version)
+    name = f"mm_sd15_{version}_random"
+
+    def build(d: Path):
+        torch.save(load_file(str(src)), d / f"{name}.ckpt")
+
+    return _cached(f"{name}_ckpt", {"source": src.parent.name}, build) / f"{name}.ckpt"
 
 
 def taesd_files(variant: str = "taesd", latent_channels: int = 4) -> tuple[Path, Path]:
@@ -414,15 +460,45 @@ def tiny_motion_module_sd(model_channels: int = 32, channel_mult=(1, 2, 2), seed
 
 # --------------------------------------------------------------------------- installing
 
-def _link(src: Path, folder: Path, name: str | None = None) -> Path:
+def _link(src: Path, folder: Path, name: str | None = None) -> Path | None:
+    """Symlink ``src`` as ``folder/name``. A link of ours (into the fixture cache) is replaced;
+    any other file there (a user's real model of that name) is left alone: returns None."""
     folder.mkdir(parents=True, exist_ok=True)
     dst = folder / (name or src.name)
     if dst.is_symlink() or dst.exists():
         if dst.resolve() == src.resolve():
             return dst
+        if not (dst.is_symlink() and CACHE.resolve() in dst.resolve().parents):
+            print(f"fixtures: {dst} exists and is not a random-weight fixture; left as it is")
+            return None
         dst.unlink()
     dst.symlink_to(src)
     return dst
+
+
+def stand_ins() -> dict[str, object]:
+    """Real file name (harness.model_catalog) -> the builder of the random-weight fixture of the
+    same architecture that tests link under that name. Never an SD1.5 file under an SD2.1 name:
+    each stands in only for its own architecture and container (.ckpt = torch zip)."""
+    from .onestep_fixture import movie_onestep_student
+    return {
+        "v2-1_512-ema-pruned.safetensors": sd21_checkpoint,
+        "v1-5-pruned-emaonly-fp16.safetensors": sd15_checkpoint,
+        "instruct-pix2pix-00-22000.safetensors": lambda: sd15_checkpoint(ip2p=True),
+        "control_v11e_sd15_ip2p_fp16.safetensors": sd15_controlnet,
+        "mm_sd_v15_v2.ckpt": lambda: animatediff_motion_module_ckpt("v2"),
+        "taesd_encoder.safetensors": lambda: taesd_files()[0],
+        "taesd_decoder.safetensors": lambda: taesd_files()[1],
+        "movie_guidance.safetensors": movie_guidance_adapter,
+        "movie_onestep.safetensors": movie_onestep_student,
+        "eve_align_lora.safetensors": eve_align_lora,
+    }
+
+
+def folder_of(name: str) -> str:
+    """The model folder of a real file name (public or pack-trained)."""
+    from .model_catalog import PUBLIC, TRAINED
+    return (PUBLIC.get(name) or TRAINED[name]).directory
 
 
 def install_taesd(base: Path) -> None:
@@ -431,18 +507,11 @@ def install_taesd(base: Path) -> None:
 
 
 def install_all(base: Path = DEFAULT_BASE) -> None:
-    """Generate every full-size fixture and link it into ``base/models``."""
+    """Generate every full-size fixture and link it into ``base/models`` under the name of the
+    real file it stands in for, in that file's folder (what the shipped templates name)."""
     models = Path(base) / "models"
-    install_taesd(base)
-    _link(sd15_checkpoint(), models / "checkpoints")
-    _link(sd15_checkpoint(ip2p=True), models / "checkpoints")
-    _link(sd15_vae(), models / "vae")
-    _link(sd15_controlnet(), models / "controlnet")
-    _link(animatediff_motion_module("v2"), models / "animatediff_models")
-    _link(movie_guidance_adapter(), models / "videoedit_guidance")
-    _link(eve_align_lora(), models / "loras")
-    from .onestep_fixture import install as install_onestep_student  # MoViE one-step student (random)
-    install_onestep_student(base)
+    for name, build in stand_ins().items():
+        _link(build(), models / folder_of(name), name)
 
 
 def main() -> None:
@@ -450,7 +519,8 @@ def main() -> None:
     ap.add_argument("--base", type=Path, default=DEFAULT_BASE, help="ComfyUI base directory to link into")
     a = ap.parse_args()
     install_all(a.base)
-    print(f"fixtures in {CACHE}, linked into {a.base / 'models'}")
+    print(f"fixtures in {CACHE}, linked into {a.base / 'models'} under the names of the real files they stand in "
+          "for. They are RANDOM weights: output is noise; replace the links with the real files for real results.")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -91,10 +92,14 @@ class RunResult:
 class ComfyServer:
     """Start/stop the real server; talk to it over HTTP and the websocket."""
 
-    def __init__(self, base: Path, port: int | None = None, extra_args: list[str] | None = None,
-                 startup_timeout: float = 120.0, log_path: Path | None = None, env: dict | None = None):
-        self.base = Path(base).resolve()
+    def __init__(self, base: Path | None, port: int | None = None, extra_args: list[str] | None = None,
+                 startup_timeout: float = 120.0, log_path: Path | None = None, env: dict | None = None,
+                 python: str | None = None, comfyui: Path | None = None, cpu: bool = True,
+                 host: str = LOOPBACK):
+        self.base = Path(base).resolve() if base is not None else None  # None: a server we did not start
+        self.host = host
         self.port = port or free_port()
+        self.python, self.comfyui, self.cpu = python, comfyui, cpu  # what start() runs (embedded.server_command)
         self.extra_args = list(extra_args or [])
         self.startup_timeout = startup_timeout
         self.log_path = Path(log_path) if log_path else None
@@ -111,14 +116,14 @@ class ComfyServer:
         parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"server URL '{url}': expected http://HOST:PORT (e.g. http://10.0.0.5:8188)")
-        srv = cls(REPO_ROOT, port=parts.port or (443 if parts.scheme == "https" else 80))
+        srv = cls(None, port=parts.port or (443 if parts.scheme == "https" else 80), host=parts.hostname)
         srv.remote_url = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
         return srv
 
     # ----------------------------------------------------------------- lifecycle
     @property
     def url(self) -> str:
-        return self.remote_url or f"http://{LOOPBACK}:{self.port}"
+        return self.remote_url or f"http://{self.host}:{self.port}"
 
     def start(self) -> "ComfyServer":
         if self.log_path is None:
@@ -130,7 +135,8 @@ class ComfyServer:
         self._log = open(self.log_path, "wb")
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        cmd = server_command(self.base, self.port, self.extra_args)
+        cmd = server_command(self.base, self.port, self.extra_args, python=self.python or sys.executable,
+                             comfyui=self.comfyui, cpu=self.cpu)
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      cwd=str(REPO_ROOT), env=env)
         try:
@@ -234,6 +240,26 @@ class ComfyServer:
         """Core's POST /free: unload every model and clear the node-output cache (what the Manager's
         "Free model and node cache" button does). The worker does it between prompts."""
         self._request("/free", data=json.dumps({"unload_models": True, "free_memory": True}).encode())
+
+    def interrupt(self) -> None:
+        """Core's POST /interrupt: stop the prompt that is running (nodes stop at their next
+        interruption check)."""
+        self._request("/interrupt", data=b"{}")
+
+    def upload_input(self, path: Path, name: str) -> str:
+        """Put a file into the server's input folder (core's POST /upload/image, which takes any
+        file, as the canvas's video upload does); returns the name the server stored it under."""
+        boundary = uuid.uuid4().hex
+        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"overwrite\"\r\n\r\ntrue\r\n"
+                f"--{boundary}\r\nContent-Disposition: form-data; name=\"type\"\r\n\r\ninput\r\n"
+                f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n"
+                "Content-Type: application/octet-stream\r\n\r\n").encode()
+        body = head + Path(path).read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+        req = urllib.request.Request(self.url + "/upload/image", data=body,
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            resp = json.loads(r.read())
+        return resp["name"] if not resp.get("subfolder") else f"{resp['subfolder']}/{resp['name']}"
 
     def history(self, prompt_id: str) -> dict | None:
         return self.get_json(f"/history/{urllib.parse.quote(prompt_id)}").get(prompt_id)
@@ -356,8 +382,11 @@ class ComfyServer:
                     try:
                         msg = await ws.receive(timeout=2.0)
                     except asyncio.TimeoutError:
-                        if await asyncio.to_thread(self.history, prompt_id) is not None:
-                            return prompt_id, messages  # finished while we were not listening
+                        try:
+                            if await asyncio.to_thread(self.history, prompt_id) is not None:
+                                return prompt_id, messages  # finished while we were not listening
+                        except OSError:  # a server starved of CPU answers late; the deadline still holds
+                            pass
                         continue
                     if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR):
                         raise ServerLost(f"websocket closed while waiting for {prompt_id}; log tail:\n"

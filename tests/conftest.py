@@ -45,13 +45,15 @@ SAMPLE_NAME = "videoedit_sample.mp4"  # the file name the shipped workflows' Loa
 
 @pytest.fixture(scope="session")
 def comfy_server():
-    """The real ComfyUI server (subprocess, 127.0.0.1, free port) with this pack and every
-    random-weight fixture (SD1.5, IP2P, ControlNet, motion module, TAESD) linked into its own
-    base directory; stopped at the end of the session."""
+    """The real ComfyUI server (subprocess, 127.0.0.1, free port) with this pack, gpucheck's probe
+    and every random-weight fixture (SD1.5, IP2P, ControlNet, motion module, TAESD) linked into its
+    own base directory; stopped at the end of the session."""
     from harness import embedded, fixtures
+    from harness.gpucheck import install_probe
     from harness.server import ComfyServer
     base = embedded.prepare_base_dir(SERVER_BASE)
     fixtures.install_all(base)
+    install_probe(base)  # gpucheck's in-server measurements and output checks (tests/test_workflows.py)
     with ComfyServer(base, log_path=base / "user" / "test-server.log") as srv:
         yield srv
 

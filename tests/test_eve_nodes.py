@@ -186,6 +186,7 @@ def test_bad_inputs_name_the_problem(comfy, parts):
     with pytest.raises(ValueError, match="control_net: .*another backbone.*model_channels 64 vs backbone 32"):
         _stack(comfy, wrong_cn, _fresh(comfy, parts), _images())
     folder = folder_paths.get_folder_paths("animatediff_models")[0]
+    os.makedirs(folder, exist_ok=True)  # when this test runs alone
     with open(os.path.join(folder, "corrupt_mm.safetensors"), "wb") as f:
         f.write(b"\x00garbage" * 10)
     with pytest.raises(ValueError, match="corrupt_mm.safetensors"):
@@ -198,6 +199,46 @@ def test_bad_inputs_name_the_problem(comfy, parts):
         _stack(comfy, parts, _loaded(comfy, "mm_other_family.safetensors"), _images())
     with pytest.raises(ValueError, match="context_length"):
         _stack(comfy, parts, _loaded(comfy), _images(40), length=32, overlap=4)
+    # a motion module picked as the LoRA: core's loader applies none of it (the output equals no
+    # LoRA, one log line per key); the stacker names the file and the fraction
+    import shutil
+    loras = folder_paths.get_folder_paths("loras")[0]
+    os.makedirs(loras, exist_ok=True)
+    shutil.copy(os.path.join(folder, _tiny_ad_file(comfy)), os.path.join(loras, "mm_as_lora.safetensors"))
+    node = comfy.node_classes["VideoEditEVEAdapterStacker"]
+    with pytest.raises(ValueError, match=r"^lora_name: only 0 of the \d+ UNet keys of 'mm_as_lora\.safetensors' "
+                                         r"\(0%\) apply to this model.*motion module belongs in video_adapter"):
+        node.execute(parts["model"], _fresh(comfy, parts), parts["control"], _images(), parts["pos"], parts["neg"],
+                     1.0, 0, 4, True, "backbone default", "mm_as_lora.safetensors", 1.0)
+
+
+def test_control_net_on_the_conditionings_equals_core_controlnet_apply_advanced(comfy, parts):
+    """The stacker's ControlNet step against core ControlNetApplyAdvanced (the oracle): the same
+    conditionings, hints, strengths and chaining; the sampled output is compared bit for bit in
+    test_zero_adapter_reproduces_core_per_frame_controlnet."""
+    from videoedit.nodes.eve.engine_video_adapter import apply_control_net
+    core_apply = comfy.node_classes["ControlNetApplyAdvanced"]().apply_controlnet
+    images = _images()
+    first = core_apply(parts["pos"], parts["neg"], parts["control"], _images(seed=3), 0.5, 0.0, 1.0)
+    for pos, neg in ((parts["pos"], parts["neg"]), first):  # without, and on top of, a previous ControlNet
+        ours = apply_control_net(pos, neg, parts["control"], images, 0.8)
+        core = core_apply(pos, neg, parts["control"], images, 0.8, 0.0, 1.0)
+        nets = {}
+        for o_conds, c_conds, inputs in zip(ours, core, (pos, neg)):
+            assert len(o_conds) == len(c_conds) == len(inputs)
+            for o, c, given in zip(o_conds, c_conds, inputs):
+                assert o[0] is c[0] is given[0] and o[1].keys() == c[1].keys()
+                assert all(o[1][k] is c[1][k] for k in o[1] if k != "control")
+                a, b = o[1]["control"], c[1]["control"]
+                assert type(a) is type(b) and a is not parts["control"]
+                assert torch.equal(a.cond_hint_original, b.cond_hint_original)
+                assert (a.strength, a.timestep_percent_range) == (b.strength, b.timestep_percent_range) == (0.8, (0.0, 1.0))
+                assert a.previous_controlnet is b.previous_controlnet is given[1].get("control")
+                assert a.control_model is b.control_model
+                assert o[1]["control_apply_to_uncond"] is c[1]["control_apply_to_uncond"] is False
+                nets.setdefault(id(a), set()).add(id(b))
+        assert all(len(v) == 1 for v in nets.values())  # shared exactly where core shares
+    assert apply_control_net(parts["pos"], parts["neg"], parts["control"], images, 0.0) == (parts["pos"], parts["neg"])
 
 
 def test_save_and_reload_adapter(comfy, parts):

@@ -75,3 +75,51 @@ def test_motion_module_has_animatediff_v2_layout():
 def test_taesd_files_appear_in_core_vae_loader(comfy):
     names = comfy.node_classes["VAELoader"].vae_list(comfy.node_classes["VAELoader"])
     assert "taesd" in names
+
+
+@pytest.mark.slow
+def test_sd21_checkpoint_is_sd21_base_to_core_loader(comfy):
+    """The stand-in for v2-1_512-ema-pruned: core detects SD2.x, eps (the 512 base; 768 is v),
+    OpenCLIP ViT-H text encoder read at its penultimate layer, 1024-d context."""
+    import comfy.model_base
+    import comfy.sd as comfy_sd
+    path = fixtures.sd21_checkpoint()
+    keys = _keys(path)
+    n_params = sum(torch.Size(s).numel() for s in keys.values())
+    assert 1.29e9 < n_params < 1.31e9, n_params  # UNet 866M + OpenCLIP-H text 354M + VAE 84M
+    model, clip, vae, _ = comfy_sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True)
+    assert type(model.model.model_config).__name__ == "SD20"
+    assert model.model.model_type == comfy.model_base.ModelType.EPS
+    assert type(clip.cond_stage_model).__name__ == "SD2ClipModel" and clip.cond_stage_model.clip_h.layer_idx == -2
+    assert clip.encode_from_tokens(clip.tokenize("a red car")).shape == (1, 77, 1024)
+    assert vae.latent_channels == 4
+
+
+@pytest.mark.slow
+def test_motion_module_ckpt_holds_the_same_tensors_for_weights_only_load(comfy):
+    import comfy.utils
+    from safetensors.torch import load_file
+    ckpt = fixtures.animatediff_motion_module_ckpt("v2")
+    a = torch.load(ckpt, weights_only=True)
+    b = load_file(str(fixtures.animatediff_motion_module("v2")))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in b)
+    assert set(comfy.utils.load_torch_file(str(ckpt), safe_load=True)) == set(b)  # the pack's loader's path
+
+
+def test_link_never_replaces_a_users_file(tmp_path):
+    """Stand-ins go in under real file names: a real model already there must survive."""
+    src = fixtures.CACHE / "test-link-src.bin"
+    fixtures.CACHE.mkdir(parents=True, exist_ok=True)
+    src.write_bytes(b"random")
+    try:
+        folder = tmp_path / "models" / "checkpoints"
+        folder.mkdir(parents=True)
+        users = folder / "v1-5-pruned-emaonly-fp16.safetensors"
+        users.write_bytes(b"the user's real model")
+        assert fixtures._link(src, folder, users.name) is None
+        assert users.read_bytes() == b"the user's real model" and not users.is_symlink()
+        ours = fixtures._link(src, folder, "v2-1_512-ema-pruned.safetensors")
+        assert ours.is_symlink() and ours.resolve() == src.resolve()
+        assert fixtures._link(src, folder, ours.name) == ours  # relinking our own link is fine
+    finally:
+        src.unlink()

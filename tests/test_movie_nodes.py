@@ -57,6 +57,23 @@ def test_two_knob_guider_equals_eq1_from_three_passes(comfy, tiny):
     assert (_one_step(g2, lat["samples"], sigma)[0] - out).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("s_i,s_t", [(1.7, 6.5), (1.0, 6.5), (1.0, 1.0), (1.5, 1.0)])
+def test_two_knob_guider_equals_core_dual_cfg_guider_bit_for_bit(comfy, tiny, s_i, s_t):
+    """Our TwoKnobGuider against core's Guider_DualCFG ("regular" style; the oracle) wired as the
+    DualCFGGuider node would be for Eq. 1, including the passes a knob of 1 skips."""
+    from comfy_extras.nodes_custom_sampler import Guider_DualCFG
+    from videoedit.nodes.movie.engine_guidance import two_knob_guider, with_image
+    model, instr, empty = tiny
+    src = _src()
+    ours = two_knob_guider(model, instr, empty, src, s_i, s_t)
+    core = Guider_DualCFG(model)
+    core.set_conds(with_image(instr, src), with_image(empty, src), with_image(empty, None))
+    core.set_cfg(s_t, s_i, nested=False)
+    a, _ = _one_step(ours, torch.zeros_like(src), 3.0)
+    b, _ = _one_step(core, torch.zeros_like(src), 3.0)
+    assert torch.equal(a, b)
+
+
 def _basic(model, cond, latent, sigma):
     from comfy_extras.nodes_custom_sampler import Guider_Basic
     g = Guider_Basic(model)

@@ -98,3 +98,29 @@ def test_video_latent_and_zero_frames_are_refused(taesd_nodes):
         dec.execute({"samples": torch.randn(0, 4, 8, 8)}, "taesd", 4)
     with pytest.raises(ValueError, match="zero frames"):
         enc.execute(torch.rand(0, 64, 64, 3), "taesd", 4)
+
+
+@pytest.mark.parametrize("variant,channels", [("taesd", 4), ("taesdxl", 4), ("taesd3", 16), ("taef1", 16)])
+def test_loader_equals_core_vae_loader_bit_for_bit(comfy, monkeypatch, tmp_path, variant, channels):
+    """Our TAESD (comfy.sd.VAE from both files plus the family's scale and shift) against core
+    VAELoader(variant) as the oracle, for every variant, from a vae_approx folder of this test only
+    (the shared one lacks the other variants on purpose: test_missing_files_name_folder_and_both_files)."""
+    import folder_paths
+    from harness.fixtures import taesd_files
+    from videoedit.nodes.taesd import engine_taesd
+    for f in taesd_files(variant, channels):
+        (tmp_path / f.name).symlink_to(f)
+    exts = folder_paths.folder_names_and_paths["vae_approx"][1]
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "vae_approx", ([str(tmp_path)], exts))
+    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
+    ours = engine_taesd.load_taesd(variant)
+    core = comfy.node_classes["VAELoader"]().load_vae(variant)[0]
+    a, b = ours.first_stage_model.state_dict(), core.first_stage_model.state_dict()
+    assert type(ours.first_stage_model) is type(core.first_stage_model) and a.keys() == b.keys()
+    assert all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+    assert (ours.latent_channels, ours.vae_dtype, ours.downscale_ratio) == \
+        (core.latent_channels, core.vae_dtype, core.downscale_ratio) == (channels, ours.vae_dtype, 8)
+    frames = _frames(2, 32, 32)
+    latent = ours.encode(frames)
+    assert torch.equal(latent, core.encode(frames)) and latent.shape[1] == channels
+    assert torch.equal(ours.decode(latent), core.decode(latent))

@@ -1,9 +1,12 @@
-"""Every shipped workflow, end to end on the real server: the sample clip in, an mp4 out
-(right frame count, size and frame rate), progress reported over the websocket. Plus the
-headless runner (python -m harness.runner serve --headless) as a user would call it."""
+"""Every shipped workflow, end to end on the real server through gpucheck's runner
+(harness/gpucheck_run.py, what ./videoedit gpucheck runs on a GPU, here at the CPU size): the
+sample clip in, an mp4 out (right frame count, size and frame rate), progress reported over the
+websocket, finite frames and trained weights. Plus the headless runner (python -m harness.runner
+serve --headless) as a user would call it.
+
+Random-weight models: this shows the graphs run and stay finite, not that an edit looks right."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness.gpucheck_run import CheckServer, run_workflow, trainer_ids
 from harness.sample_clip import read_video
-from harness.workflow_api import apply_overrides, to_api
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
@@ -38,26 +41,31 @@ def test_sample_clip_pans_by_the_known_shift(sample_clip):
     assert (decoded - frames).abs().mean() < 0.03
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
-def test_workflow_runs_end_to_end(path, comfy_server, object_info, sample_clip, tmp_path):
-    prompt = to_api(json.loads(path.read_text()), object_info)
-    loaders = [nid for nid, n in prompt.items() if n["class_type"] == "LoadVideo"]
-    assert loaders, f"{path.name} loads no video"
-    for nid in loaders:
-        prompt[nid]["inputs"]["file"] = sample_clip.name
-    # small chunks, so every chunked node reports progress more than once
-    chunked = [nid for nid, n in prompt.items() if "frames_per_chunk" in n["inputs"]]
-    prompt = apply_overrides(prompt, [f"{nid}.frames_per_chunk=3" for nid in chunked])
+@pytest.fixture(scope="module")
+def check(comfy_server):
+    """The session's server as gpucheck's runner sees it (conftest links gpucheck's probe in)."""
+    c = CheckServer(comfy_server, comfy_server.base)
+    assert c.probe, "gpucheck's probe did not load in the test server"
+    return c
 
-    # each workflow starts from an empty server, as after a restart: the session-long server would
-    # otherwise keep every earlier workflow's models (full-size SD1.5 fixtures) in the 24 GiB of RAM
-    comfy_server.free()
-    result = comfy_server.run(prompt, timeout=300)
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_workflow_runs_end_to_end(path, check, sample_clip):
+    """Through gpucheck's runner at the CPU size, as ./videoedit gpucheck runs it: from a cold
+    server (models unloaded, node cache cleared, as after a restart: the session-long server would
+    otherwise keep every earlier workflow's full-size models in the 24 GiB of RAM), trainers one
+    step at 64 px, small chunks so every chunked node reports progress more than once."""
+    run = run_workflow(check, path, sample_clip.name, mode="cpu", size=sample_clip.height,
+                       expect_shape=(sample_clip.num_frames, sample_clip.height, sample_clip.width),
+                       input_overrides={"frames_per_chunk": 3}, timeout=900)  # a hang guard, not a speed bar
+    assert run.ok, run.error
+    result, prompt = run.result, run.prompt
 
     assert result.events("execution_success"), result.messages
     executed = {d["node"] for d in result.events("executing") if d.get("node")}
     cached = {n for d in result.events("execution_cached") for n in d.get("nodes", [])}
     assert executed | cached == set(prompt), f"nodes neither run nor cached: {sorted(set(prompt) - executed - cached)}"
+    chunked = [nid for nid, n in prompt.items() if n["inputs"].get("frames_per_chunk") == 3]
     assert set(chunked) <= executed  # our nodes' inputs changed (chunk size), so they ran
     progress = result.events("progress")
     assert progress, "no progress message arrived over the websocket"
@@ -67,13 +75,23 @@ def test_workflow_runs_end_to_end(path, comfy_server, object_info, sample_clip, 
         assert total % 3 == 0 and steps == [(i, total) for i in range(1, total + 1)], (nid, steps)
 
     videos = result.videos()
-    assert videos, f"{path.name} saved no video: {result.outputs}"
-    out = tmp_path / "out.mp4"
-    out.write_bytes(comfy_server.view(**videos[0]))
-    frames, fps = read_video(out)
+    assert videos and run.videos, f"{path.name} saved no video: {result.outputs}"
+    frames, fps = run.videos[0]
     assert frames.shape == (sample_clip.num_frames, sample_clip.height, sample_clip.width, 3)
     assert fps == pytest.approx(sample_clip.fps)
-    assert (comfy_server.base / "output" / videos[0]["subfolder"] / videos[0]["filename"]).is_file()
+    assert (check.base / "output" / videos[0]["subfolder"] / videos[0]["filename"]).is_file()
+
+    # gpucheck's verdict: the frames that became the video were looked at before 8-bit quantisation
+    # and are finite; a trainer's saved weights were read back and are finite
+    looked_at = [c for c in run.checks if c.what.startswith("IMAGE")]
+    assert any("-> CreateVideo" in c.what for c in looked_at), [c.what for c in run.checks]
+    assert run.outputs_good, [(c.what, c.finite, c.blank, c.detail) for c in run.checks if not c.good]
+    trainers = trainer_ids(prompt, check.object_info)
+    for nid in trainers:
+        assert prompt[nid]["inputs"]["steps"] == 1 and prompt[nid]["inputs"]["resolution"] == sample_clip.height
+    weights = [c for c in run.checks if c.what.startswith("weights")]
+    assert bool(weights) == bool(trainers) and all(c.detail["tensors"] > 0 for c in weights), weights
+    assert run.memory["source"] == "probe" and run.memory["host_peak_rss"] > 0 and run.seconds > 0
 
 
 def _runner(args, base, timeout=300):

@@ -10,23 +10,24 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 from harness import embedded  # noqa: E402
-from make_movie_workflows import build  # noqa: E402
+from make_movie_workflows import build, models_note  # noqa: E402
 
-WEIGHTS = ("Real weights (the shipped names are random test fixtures):\n"
-           "- models/checkpoints: Stable Diffusion 1.5 (v1-5-pruned-emaonly.safetensors)\n"
-           "- models/controlnet: control_v11e_sd15_ip2p (lllyasviel/ControlNet-v1-1, the InstructPix2Pix ControlNet)\n"
-           "- models/animatediff_models: an AnimateDiff v2 or v3 SD1.5 motion module (mm_sd_v15_v2.ckpt or "
-           "v3_sd15_mm.ckpt, guoyww/animatediff)\n"
-           "- models/vae_approx: taesd_encoder / taesd_decoder (madebyollin/taesd)")
+SD15 = "v1-5-pruned-emaonly-fp16.safetensors"
+CONTROLNET = "control_v11e_sd15_ip2p_fp16.safetensors"
+MOTION = "mm_sd_v15_v2.ckpt"
+LORA = "eve_align_lora.safetensors"  # what the LoRA Aligner (train) writes under its default output_name
+MODELS = models_note([SD15, CONTROLNET, MOTION, "taesd"])
+V3 = ("\nAnimateDiff's v3 motion module works in place of v2: v3_sd15_mm.ckpt from the same repository "
+      "(huggingface.co/guoyww/animatediff), also in models/animatediff_models.")
 
 
-def source(ckpt="sd15_random.safetensors"):
+def source(ckpt=SD15):
     return [
         (1, "LoadVideo", (0, 0), {"file": "videoedit_sample.mp4"}, {}),
         (2, "GetVideoComponents", (300, 0), {}, {"video": (1, 0)}),
         (3, "CheckpointLoaderSimple", (0, 380), {"ckpt_name": ckpt}, {}),
-        (4, "ControlNetLoader", (0, 520), {"control_net_name": "control_sd15_random.safetensors"}, {}),
-        (5, "VideoEditEVELoadVideoAdapter", (0, 620), {"adapter_name": "mm_sd15_v2_random.safetensors"}, {}),
+        (4, "ControlNetLoader", (0, 520), {"control_net_name": CONTROLNET}, {}),
+        (5, "VideoEditEVELoadVideoAdapter", (0, 620), {"adapter_name": MOTION}, {}),
         (7, "CLIPTextEncode", (360, 380), {"text": "make it a snowy winter scene"}, {"clip": (3, 1)}),
         (8, "CLIPTextEncode", (360, 540), {"text": ""}, {"clip": (3, 1)}),
         (9, "VAELoader", (0, 760), {"vae_name": "taesd"}, {}),
@@ -54,7 +55,7 @@ def main():
             "caption": "a snowy winter scene", "frames": 2, "resolution": 256, "steps": 1, "batch_size": 1,
             "learning_rate": 1e-5, "lora_rank": 4, "k": 3, "schedule_steps": 1000, "teacher_steps": 2,
             "sds_only_fraction": 2 / 3, "control_strength": 1.0, "seed": 0, "checkpoint_every": 1,
-            "output_name": "eve_align_demo", "resume": False},
+            "output_name": "eve_align_lora_demo", "resume": False},
          {"edit_teacher": (3, 0), "control_net": (4, 0), "clip": (3, 1), "vae": (9, 0), "video_teacher": (6, 0),
           "images": (2, 0)}),
         (11, "PreviewImage", (1100, 700), {}, {"images": (10, 1)}),
@@ -72,7 +73,7 @@ def main():
           "data_mode 'dataset folder': a folder with one .jsonl, a line per clip {\"video\", \"instruction\", "
           "\"caption\"}; 'my clip': the connected frames. Leave video_teacher empty to align image-only (Sec. 4.4). "
           "Live loss chart, cancel, checkpoints (output/videoedit_training/<name>) with exact resume; the LoRA goes to "
-          "models/loras/<output_name>.safetensors, for LoraLoader or the Adapter Stacker's lora_name.\n\n" + WEIGHTS +
+          "models/loras/<output_name>.safetensors, for LoraLoader or the Adapter Stacker's lora_name.\n\n" + MODELS + V3 +
           "\n\nThe template trains 1 step on 2 frames of the sample clip so it runs anywhere; the paper: 1500 "
           "iterations (1000 SDS only), batch 64, learning rate 1e-5, 8 frames at 512x512 (GPU; headless: "
           "python -m harness.train with \"trainer\": \"eve_align\", under torchrun). The edit then samples 2 steps at cfg 1: "
@@ -81,7 +82,7 @@ def main():
     aligned = source() + [
         (10, "VideoEditEVEAdapterStacker", (700, 200), {
             "control_strength": 1.0, "context_length": 8, "context_overlap": 4, "anchor_first_frame": True,
-            "noise_schedule": "backbone default", "lora_name": "eve_align_lora_random.safetensors", "lora_strength": 1.0},
+            "noise_schedule": "backbone default", "lora_name": LORA, "lora_strength": 1.0},
          {"model": (3, 0), "video_adapter": (5, 0), "control_net": (4, 0), "images": (2, 0), "positive": (7, 0),
           "negative": (8, 0)}),
         *edit_tail((10, 0), (10, 1), (10, 2), prefix="videoedit/eve_aligned_edit"),
@@ -89,9 +90,8 @@ def main():
     build("eve_aligned_edit", "EVE: aligned edit (Adapter Stacker + the aligner's LoRA)", aligned,
           "EVE video edit with the aligned model: the Adapter Stacker stacks the image-edit ControlNet (per frame) "
           "and the video adapter on the frozen SD1.5 and loads the LoRA the LoRA Aligner (train) saved "
-          "(models/loras). Frame 0 anchors the clip; long clips run in 8-frame windows overlapping by 4.\n\n" + WEIGHTS +
-          "\n- models/loras: the LoRA your LoRA Aligner (train) run saved (the shipped eve_align_lora_random is a "
-          "random test fixture)\n\nWrite the edit as an instruction (IP2P style). The template samples 2 steps at cfg 1 (one pass per step, so it runs fast on a CPU): use "
+          "(models/loras). Frame 0 anchors the clip; long clips run in 8-frame windows overlapping by 4.\n\n" +
+          models_note([SD15, CONTROLNET, MOTION, "taesd", LORA]) + V3 + "\n\nWrite the edit as an instruction (IP2P style). The template samples 2 steps at cfg 1 (one pass per step, so it runs fast on a CPU): use "
           "20-30 steps and cfg 5-7.5 for real edits.", comfy)
 
 

@@ -6,10 +6,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_movie_workflows import WEIGHTS, build, common, embedded  # noqa: E402
+from make_movie_workflows import GUIDANCE, IP2P, build, common, embedded, models_note  # noqa: E402
 
-TEACHER = (" models/videoedit_guidance: the guidance adapter of your CFG Distill (train) run (the shipped name is a "
-           "random test fixture).")
+STUDENT = "movie_onestep.safetensors"  # what One-Step Distill (train) writes under its default output_name
 
 
 def tail(sampler_id, model_id, x=1400, prefix="videoedit/movie_onestep"):
@@ -28,7 +27,7 @@ def tail(sampler_id, model_id, x=1400, prefix="videoedit/movie_onestep"):
 def main():
     comfy = embedded.boot_in_process(embedded.REPO_ROOT / ".comfy" / "test-base")
     train = common(empty=False, core_encode=True) + [
-        (10, "VideoEditLoadGuidanceAdapter", (0, 800), {"adapter_name": "movie_guidance_random.safetensors"},
+        (10, "VideoEditLoadGuidanceAdapter", (0, 800), {"adapter_name": GUIDANCE},
          {"model": (3, 0)}),
         (11, "VideoEditOneStepDistillTrain", (600, 300), {
             "data_mode": "my frames (data-free)", "instructions": "make it look like a watercolor painting",
@@ -48,16 +47,16 @@ def main():
           "teacher's frozen encoder + trainable spatial heads) judges both. Live loss chart, cancel, checkpoints "
           "every checkpoint_every steps (output/videoedit_training/<name>), exact resume; the student goes to "
           "models/videoedit_onestep/<output_name>.safetensors. The result edits in ONE UNet pass per frame with "
-          "image_guidance and text_guidance still live.\n\n" + WEIGHTS + TEACHER +
+          "image_guidance and text_guidance still live.\n\n" + models_note([IP2P, "taesd", GUIDANCE]) +
           "\n\nThe template trains 1 + 1 steps at the sample clip's size so it runs anywhere; real runs (the paper): "
           "v-prediction conversion at lr 1e-6, then 20k adversarial steps at lr 1e-5, 256x256 frames, on a GPU; use "
           "the headless command (python -m harness.train config.json with \"trainer\": \"onestep\", under torchrun).",
           comfy)
 
     edit = common(empty=False) + [
-        (10, "VideoEditLoadGuidanceAdapter", (0, 800), {"adapter_name": "movie_guidance_random.safetensors"},
+        (10, "VideoEditLoadGuidanceAdapter", (0, 800), {"adapter_name": GUIDANCE},
          {"model": (3, 0)}),
-        (11, "VideoEditLoadOneStepStudent", (300, 800), {"student_name": "movie_onestep_random.safetensors"},
+        (11, "VideoEditLoadOneStepStudent", (300, 800), {"student_name": STUDENT},
          {"model": (10, 0)}),
         *tail(8, 11, x=1100, prefix="videoedit/movie_onestep_edit"),
     ]
@@ -66,9 +65,7 @@ def main():
           "ONE step (Load One-Step Student), with the middle frame as cross-frame anchor and TAESD for encode and "
           "decode. One UNet pass per frame; image_guidance (keep the source) and text_guidance (follow the "
           "instruction) still change the edit. steps > 1 is allowed (LCM-style) and the sampler's info output notes "
-          "that the student was trained for one.\n\n" + WEIGHTS + TEACHER + " models/videoedit_onestep: the student "
-          "your One-Step Distill (train) run saved from that same guidance adapter (the shipped name is a random "
-          "test fixture).", comfy)
+          "that the student was trained for one.\n\n" + models_note([IP2P, "taesd", GUIDANCE, STUDENT]), comfy)
 
 
 if __name__ == "__main__":

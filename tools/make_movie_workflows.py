@@ -10,6 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from harness import embedded  # noqa: E402
+from harness.model_catalog import models_note, stamp_models  # noqa: E402
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEEDS = {"seed", "noise_seed"}
@@ -72,12 +73,12 @@ def build(name, title, nodes, note, comfy):
     wf = {"last_node_id": nid, "last_link_id": link_id, "nodes": ui_nodes, "links": links,
           "groups": [{"id": 1, "title": title, "bounding": [-20, -500, 2100, 60], "color": "#3f789e", "font_size": 24,
                       "flags": {}}], "config": {}, "extra": {"ds": {"scale": 0.6, "offset": [100, 560]}}, "version": 0.4}
+    stamp_models(wf)  # properties.models per loader: the missing-models dialog's download list
     (ROOT / "example_workflows" / f"{name}.json").write_text(json.dumps(wf, indent=1) + "\n")
 
 
-WEIGHTS = ("Real weights (the shipped names are random test fixtures): models/checkpoints: an InstructPix2Pix "
-           "checkpoint (instruct-pix2pix-00-22000.safetensors, timbrooks/instruct-pix2pix); models/vae_approx: "
-           "taesd_encoder.safetensors and taesd_decoder.safetensors (madebyollin/taesd).")
+IP2P = "instruct-pix2pix-00-22000.safetensors"
+GUIDANCE = "movie_guidance.safetensors"  # what CFG Distill (train) writes under its default output_name
 
 
 def common(ckpt_pos=(0, 380), empty=True, core_encode=False):
@@ -89,7 +90,7 @@ def common(ckpt_pos=(0, 380), empty=True, core_encode=False):
     nodes = [
         (1, "LoadVideo", (0, 0), {"file": "videoedit_sample.mp4"}, {}),
         (2, "GetVideoComponents", (300, 0), {}, {"video": (1, 0)}),
-        (3, "CheckpointLoaderSimple", ckpt_pos, {"ckpt_name": "sd15_ip2p_random.safetensors"}, {}),
+        (3, "CheckpointLoaderSimple", ckpt_pos, {"ckpt_name": IP2P}, {}),
         (4, "CLIPTextEncode", (350, 300), {"text": "make it look like a watercolor painting"}, {"clip": (3, 1)}),
         (5, "CLIPTextEncode", (350, 520), {"text": ""}, {"clip": (3, 1)}),
     ]
@@ -122,7 +123,7 @@ def main():
           "Attention makes every frame also attend to the middle frame (anchor) so the edit stays consistent; "
           "TAESD replaces the SD VAE (encode + decode). The guider is the two-knob guidance of MoViE Eq. 1 "
           "(core DualCFGGuider wired exactly to it): image_guidance = how much of the source to keep, "
-          "text_guidance = how strongly to follow the instruction. 3 UNet passes per step.\n\n" + WEIGHTS +
+          "text_guidance = how strongly to follow the instruction. 3 UNet passes per step.\n\n" + models_note([IP2P, "taesd"]) +
           "\n\nThe template runs 3 steps so it can be tried on the sample clip; use 10-20 steps for real edits. "
           "Sample all frames in one batch (the anchor is chosen among the frames of the batch).", comfy)
 
@@ -147,12 +148,12 @@ def main():
           "or point dataset_folder at (source, instruction, edited) triples. The node shows a live loss chart, "
           "stops at cancel, checkpoints every checkpoint_every steps (output/videoedit_training/<name>) and "
           "resumes exactly; the adapter goes to models/videoedit_guidance/<output_name>.safetensors.\n\n"
-          + WEIGHTS + "\n\nThe template trains 1 step at the sample clip's size so it runs anywhere; real runs: "
+          + models_note([IP2P, "taesd"]) + "\n\nThe template trains 1 step at the sample clip's size so it runs anywhere; real runs: "
           "500-5000 steps, learning_rate 1e-5, batch as memory allows, 256x256 frames (GPU). For multi-GPU "
           "training use the headless command (python -m harness.train config.json, under torchrun).", comfy)
 
     distilled = common(empty=False) + [
-        (10, "VideoEditLoadGuidanceAdapter", (0, 800), {"adapter_name": "movie_guidance_random.safetensors"},
+        (10, "VideoEditLoadGuidanceAdapter", (0, 800), {"adapter_name": GUIDANCE},
          {"model": (3, 0)}),
         (7, "VideoEditCrossFrameAttention", (600, 300), {"anchor": "middle", "anchor_count": 3}, {"model": (10, 0)}),
         (8, "VideoEditCFGDistilledGuider", (1000, 300), {"image_guidance": 1.5, "text_guidance": 7.5},
@@ -164,9 +165,8 @@ def main():
           "The fast path: the guidance-distilled student (teacher + adapter from CFG Distill (train)) needs ONE "
           "UNet pass per step instead of three, and keeps both knobs: image_guidance (keep the source) and "
           "text_guidance (follow the instruction). Cross-frame attention on the middle frame and TAESD as in MoViE. "
-          "The info output warns when a knob is outside the range the adapter was trained on.\n\n" + WEIGHTS +
-          " models/videoedit_guidance: the adapter your CFG Distill (train) run saved (the shipped name is a "
-          "random test fixture).\n\nThe template runs 3 steps; MoViE uses 10.", comfy)
+          "The info output warns when a knob is outside the range the adapter was trained on.\n\n" +
+          models_note([IP2P, "taesd", GUIDANCE]) + "\n\nThe template runs 3 steps; MoViE uses 10.", comfy)
     (ROOT / "example_workflows").mkdir(exist_ok=True)
 
 

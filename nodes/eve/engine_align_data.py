@@ -15,14 +15,12 @@ import os
 import torch
 import torch.nn.functional as Fn
 
-import comfy.sd
-import comfy.utils
-
 from ..core.atomic_file import atomic_save_safetensors
 from ..core.edit_datasets import IMAGE_EXTS, load_image_square
 from ..core.training_runs import check_output_name
 from ..host.encoding import encode_images, encode_text
 from ..host.folders import input_folder_path, model_file_names, model_file_path, register_model_folder, save_folder
+from ..host.lora import load_model_lora
 from ..host.training_ui import run_checkpoint, run_with_live_chart
 from . import dino_features
 from .engine_align_trainer import AlignData, Aligner
@@ -167,9 +165,8 @@ def save_lora(aligner: Aligner, path: str) -> None:
 
 
 def with_lora(model, path: str):
-    """``model`` with the LoRA file through core's loader (what LoraLoaderModelOnly does)."""
-    sd = comfy.utils.load_torch_file(path, safe_load=True)
-    return comfy.sd.load_lora_for_models(model, None, sd, 1.0, 0)[0]
+    """``model`` with the LoRA file at strength 1 (what core LoraLoaderModelOnly gives)."""
+    return load_model_lora(model, path, 1.0, "output_name")
 
 
 def feature_network_names() -> list[str]:

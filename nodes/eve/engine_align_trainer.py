@@ -22,12 +22,14 @@ import torch
 from torch import nn
 
 import comfy.model_management
+import comfy.utils
 from comfy.ldm.modules.diffusionmodules.openaimodel import (Downsample, TimestepEmbedSequential, forward_timestep_embed,
                                                             timestep_embedding)
 
 from ..core.ddp import ddp_average_grads_, ddp_info
 from ..core.trainer_loop import run_training_loop
 from ..core.weight_deltas import FrozenWeight, LoRADelta, Switch
+from ..host.training_models import plain_control_net, plain_model, training_mode
 from . import align as eve_align
 from .engine_video_adapter import check_controlnet
 
@@ -81,8 +83,9 @@ class AlignData:
 
 
 def _skip_temporal(layer, x, *args):
-    """forward_timestep_embed patch: temporal layers off (the backbone alone), others as usual."""
-    return x if is_temporal(layer) else layer(x)
+    """forward_timestep_embed patch of our temporal layers (registered for their classes only):
+    the layer is skipped, so the pass is the backbone alone."""
+    return x
 
 
 def same_backbone(a, b) -> bool:
@@ -100,12 +103,27 @@ def _describe(m) -> str:
             f"first weight sum {float(next(iter(u.parameters())).float().sum()):.6g}")
 
 
-def _trainable_copy(block):
+def _unpatched_block(patcher, path: str):
+    """The block at ``path`` of the patcher's own model, without object patches."""
+    if path in patcher.object_patches_backup:
+        return patcher.object_patches_backup[path]
+    return comfy.utils.get_attr(patcher.model, path)
+
+
+def _trainable_copy(block, backbone_block):
     """A copy of an adapter-patched block whose temporal layers are ours (non-inference, frozen);
-    the backbone's own layers stay shared (their weights are wrapped, not copied)."""
+    the backbone's layers are those of ``backbone_block`` (the same name in the student's own model:
+    the layers themselves on a plain model, a non-dynamic delegate's fresh ones under dynamic VRAM),
+    shared, their weights wrapped, not copied."""
+    own = dict(backbone_block.named_children())
     out = OrderedDict()
     for name, layer in block.named_children():
-        if is_temporal(layer):
+        if not is_temporal(layer):
+            if type(own.get(name)) is not type(layer):
+                raise ValueError(f"video_teacher: its adapted block has a layer '{name}' ({type(layer).__name__}) "
+                                 "that its backbone lacks; apply the video adapter to this backbone again")
+            layer = own[name]
+        else:
             layer = copy.deepcopy(layer)
             for mod in layer.modules():
                 for pn, p in list(mod.named_parameters(recurse=False)):
@@ -138,12 +156,16 @@ class Aligner:
         self.image_only = video_teacher is None
         self.rank, self.world = ddp_info()
         base = video_teacher if video_teacher is not None else edit_teacher
-        self.base = base
         with torch.inference_mode(False):
-            self.student = base.clone()
+            # a plain ModelPatcher (the non-dynamic delegate under dynamic VRAM): every weight
+            # resident through forward and backward
+            self.student = plain_model(base, "video_teacher" if video_teacher is not None else "edit_teacher").clone()
+            temporal = set()
             for path, block in list(self.student.object_patches.items()):
                 if any(is_temporal(c) for c in block.children()):
-                    self.student.add_object_patch(path, _trainable_copy(block))
+                    temporal.update(type(c) for c in block.children() if is_temporal(c))
+                    self.student.add_object_patch(path, _trainable_copy(block, _unpatched_block(self.student, path)))
+            self.temporal_classes = tuple(sorted(temporal, key=lambda c: c.__name__))
             gen = torch.Generator().manual_seed(cfg.seed)  # initial LoRA depends only on the seed
             self.switch = Switch()
             self.deltas: dict[str, LoRADelta] = {}
@@ -158,6 +180,7 @@ class Aligner:
                     self.deltas[key] = LoRADelta(tuple(m.weight.shape), cfg.rank, switch=self.switch, generator=gen)
                     self.student.add_weight_wrapper(key, self.deltas[key])
             self.lora = nn.ModuleDict({k.replace(".", "__"): d for k, d in self.deltas.items()})
+            control_net = plain_control_net(control_net)
             self.control = control_net.copy()
             self.control_patcher = control_net.control_model_wrapped.clone()
             for n, m in self.control_patcher.model.named_modules():
@@ -193,8 +216,8 @@ class Aligner:
     def _options(self, clips: int, temporal: bool) -> dict:
         to = dict(self.student.model_options.get("transformer_options", {}))
         patches = {k: list(v) for k, v in to.get("patches", {}).items()}
-        if not temporal:
-            patches["forward_timestep_embed_patch"] = [(nn.Module, _skip_temporal)] + \
+        if not temporal:  # keyed on our own layer classes: no other layer is ever routed here
+            patches["forward_timestep_embed_patch"] = [(cls, _skip_temporal) for cls in self.temporal_classes] + \
                 patches.get("forward_timestep_embed_patch", [])
         to["patches"] = patches
         to["cond_or_uncond"] = [0] * clips  # frames per clip = batch / clips (the temporal layers read this)
@@ -339,10 +362,11 @@ class Aligner:
                 self.last_log = log
                 return log["loss_g"]
 
-            step, losses = run_training_loop(
-                train_step, cfg.steps, seed=cfg.seed, params=params, optimizer=opt, config=self.config_record(),
-                checkpoint_path=checkpoint_path, resume=resume, checkpoint_every=cfg.checkpoint_every,
-                on_step=on_step, interrupted=interrupted)
+            with training_mode():
+                step, losses = run_training_loop(
+                    train_step, cfg.steps, seed=cfg.seed, params=params, optimizer=opt, config=self.config_record(),
+                    checkpoint_path=checkpoint_path, resume=resume, checkpoint_every=cfg.checkpoint_every,
+                    on_step=on_step, interrupted=interrupted)
         self.steps = step
         return losses
 

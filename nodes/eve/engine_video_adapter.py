@@ -8,11 +8,13 @@ eve/windows.py (anchoring rule, sliding-window plan and blend weights). Here:
   (so weight-patch keys such as LoRA's still resolve) and a ``forward_timestep_embed_patch``
   (``TemporalLayersPatch``, which also carries the anchoring setting) that runs them with the
   frame count of the current batch;
-- the ControlNet is core's (``ControlNetApplyAdvanced``): every frame is its own hint;
+- the ControlNet is core's ControlNet object on the conditionings (``apply_control_net``, what
+  core ControlNetApplyAdvanced does): every frame is its own hint;
 - long clips: our windows are a core context handler (``model_options["context_handler"]``,
   the slot core's Context Windows nodes fill), which also cuts each per-frame ControlNet hint
   to the window's frames (core's handler would feed every window the first frames' hints);
-- zero-terminal SNR: core's ModelSamplingDiscrete(zsnr=True).
+- zero-terminal SNR: core's discrete schedule with zsnr (host.model_sampling);
+- the optional LoRA through core's LoRA functions, refused when it does not fit (host.lora).
 """
 from __future__ import annotations
 
@@ -23,13 +25,13 @@ import torch
 
 import comfy.context_windows as cw
 import comfy.utils
-import nodes as comfy_nodes
-from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
 from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock, TimestepEmbedSequential
 from comfy.ldm.modules.attention import SpatialTransformer
 
 from ..core.atomic_file import atomic_save_safetensors
 from ..host.folders import model_file_names, model_file_path, register_model_folder, save_folder
+from ..host.lora import load_model_lora
+from ..host.model_sampling import with_discrete_sampling
 from . import windows as eve
 from .temporal_adapter import (TemporalAttentionBlock, TemporalConvBlock, VideoAdapter, adapter_from_state_dict,
                                check_adapter, unet_layout)
@@ -239,6 +241,31 @@ SCHEDULES = {"backbone default": None, "zero-terminal SNR (eps)": "eps",
              "zero-terminal SNR (v-prediction)": "v_prediction"}
 
 
+def apply_control_net(positive, negative, control_net, images, strength: float):
+    """(positive, negative) with ``control_net`` on every conditioning, ``images`` [F, H, W, C] one
+    hint per frame, over the whole schedule: core ControlNetApplyAdvanced's result (one copy per
+    previous ControlNet, chained to it, not applied to uncond); strength 0 returns the inputs."""
+    if strength == 0:
+        return positive, negative
+    hint = images.movedim(-1, 1)
+    per_previous = {}
+    out = []
+    for conditioning in (positive, negative):
+        c = []
+        for emb, opts in conditioning:
+            d = opts.copy()
+            previous = d.get("control", None)
+            if previous not in per_previous:
+                net = control_net.copy().set_cond_hint(hint, strength, (0.0, 1.0))
+                net.set_previous_controlnet(previous)
+                per_previous[previous] = net
+            d["control"] = per_previous[previous]
+            d["control_apply_to_uncond"] = False
+            c.append([emb, d])
+        out.append(c)
+    return out[0], out[1]
+
+
 def save_video_adapter(adapter: VideoAdapter, filename: str) -> str:
     """Save Video Adapter: the AnimateDiff key layout, float32 safetensors, in models/animatediff_models."""
     name = os.path.basename(filename.strip()) or "eve_video_adapter"
@@ -263,12 +290,11 @@ def stack_adapters(model, video_adapter: VideoAdapter, control_net, images, posi
                          f"once but the windows need {need}; lower context_length")
     m = model
     if lora_name != "none":
-        m = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(m, lora_name, lora_strength)[0]
+        m = load_model_lora(m, model_file_path("loras", lora_name, "lora_name"), lora_strength)
     if SCHEDULES[noise_schedule] is not None:
-        m = ModelSamplingDiscrete().patch(m, SCHEDULES[noise_schedule], True)[0]
+        m = with_discrete_sampling(m, SCHEDULES[noise_schedule], zsnr=True)
     m = apply_video_adapter(m, video_adapter, anchor_first_frame)
     if context_length:
         m = set_windows(m, context_length, context_overlap, anchor_first_frame)
-    pos, neg = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(
-        positive, negative, control_net, images[..., :3], control_strength, 0.0, 1.0)
+    pos, neg = apply_control_net(positive, negative, control_net, images[..., :3], control_strength)
     return m, pos, neg

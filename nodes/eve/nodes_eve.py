@@ -129,10 +129,11 @@ class AdapterStacker(io.ComfyNode):
                              tooltip="Frames shared by neighbouring windows; they are cross-faded. Below context_length."),
                 io.Boolean.Input("anchor_first_frame", default=True, tooltip=_ANCHOR_TIP),
                 io.Combo.Input("noise_schedule", options=list(engine.SCHEDULES), default="backbone default",
-                               tooltip="Zero-terminal SNR (Emu Video) through core ModelSamplingDiscrete(zsnr); use it "
+                               tooltip="Zero-terminal SNR (Emu Video): core's discrete schedule with zsnr; use it "
                                        "with models trained that way (v-prediction for a backbone fine-tuned so)."),
                 io.Combo.Input("lora_name", options=["none"] + model_file_names("loras", None), default="none",
-                               tooltip="A LoRA stacked on top (e.g. the EVE aligner), from models/loras."),
+                               tooltip="A LoRA stacked on top (e.g. the EVE aligner), from models/loras; refused "
+                                       "unless every UNet key of the file applies to this model."),
                 io.Float.Input("lora_strength", default=1.0, min=-10.0, max=10.0, step=0.01,
                                tooltip="Strength of that LoRA on the model."),
             ],

@@ -21,6 +21,7 @@ from ..core.training_runs import check_output_name
 from ..core.weight_deltas import CloneWeight
 from ..host.folders import save_folder
 from ..host.model_family import model_family, require_ip2p, unet_of
+from ..host.training_models import plain_model, training_mode
 from ..host.training_ui import run_checkpoint, run_with_live_chart
 from . import guidance as movie
 from .engine_guidance import ADAPTER_FOLDER, make_student, save_guidance_adapter
@@ -89,7 +90,9 @@ class Distiller:
         self.teacher, self.data, self.cfg = teacher, data, cfg
         with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; these are trained
             self.adapter = adapter or new_adapter(teacher, cfg)
-        self.student = make_student(teacher, self.adapter, train=True)
+        # the teacher as a plain ModelPatcher (its non-dynamic delegate under dynamic VRAM): every
+        # weight resident through forward and backward
+        self.student = make_student(plain_model(teacher, "model"), self.adapter, train=True)
         covered = {k for k, _ in self.adapter.weight_wrappers()}
         for n, m in teacher.model.named_modules():  # frozen weights the backward pass needs
             if n.startswith("diffusion_model.") and hasattr(m, "weight_function"):
@@ -178,10 +181,11 @@ class Distiller:
                 opt.step()
                 return loss.item()
 
-            step, losses = run_training_loop(
-                train_step, cfg.steps, seed=cfg.seed, params=params, optimizer=opt, config=self.config_record(),
-                checkpoint_path=checkpoint_path, resume=resume, checkpoint_every=cfg.checkpoint_every,
-                on_step=on_step, interrupted=interrupted)
+            with training_mode():
+                step, losses = run_training_loop(
+                    train_step, cfg.steps, seed=cfg.seed, params=params, optimizer=opt, config=self.config_record(),
+                    checkpoint_path=checkpoint_path, resume=resume, checkpoint_every=cfg.checkpoint_every,
+                    on_step=on_step, interrupted=interrupted)
         self.adapter.steps = step
         for p in self.adapter.parameters():
             p.requires_grad_(False)

@@ -1,12 +1,14 @@
 """MoViE's fast path on a ComfyUI model (engine): the guidance-distilled student (teacher + guidance
 adapter on a clone, the adapter attached where clones keep it), the adapter files, cross-frame
-attention as an attn1 patch, the two-knob InstructPix2Pix guider (Eq. 1: core's Guider_DualCFG
-wired so it computes exactly Eq. 1) and the CFG-distilled guider (one UNet pass per step), and
+attention as an attn1 patch, the two-knob InstructPix2Pix guider (Eq. 1, three conditionings in
+one batched call, as core's DualCFGGuider "regular" style computes it) and the CFG-distilled
+guider (one UNet pass per step), and
 Mobile-Pix2Pix's attention removal. The math is ``guidance.py``, ``cross_frame.py``,
 ``mobile_pix2pix.py``.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -15,7 +17,6 @@ from safetensors.torch import load_file
 
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.samplers
-from comfy_extras.nodes_custom_sampler import Guider_DualCFG
 
 from ..core.atomic_file import atomic_save_safetensors
 from ..host.attach import attach, attached
@@ -153,6 +154,35 @@ def check_source(source_latent, input_name="source_latent") -> torch.Tensor:
 
 
 
+class TwoKnobGuider(comfy.samplers.CFGGuider):
+    """InstructPix2Pix Eq. 1 from three conditionings batched in one call: (image, text), (image,
+    empty text) and (no image, empty text); eps = eps_unc + s_I (eps_img - eps_unc) + s_T (eps_full
+    - eps_img), the image term through core's cfg_function (so sampler_cfg_function patches apply),
+    and core's skips of the passes a knob of 1 does not need. Core's Guider_DualCFG computes the
+    same (the oracle in tests/test_movie_nodes.py); it lives in a node file, which core does not
+    keep importable."""
+
+    def set_conds(self, image_text, image_only, unconditional):
+        image_only = [[emb, {**opts, "prompt_type": "negative"}] for emb, opts in image_only]
+        self.inner_set_conds({"positive": image_text, "middle": image_only, "negative": unconditional})
+
+    def set_scales(self, s_i: float, s_t: float):
+        self.s_i, self.s_t = s_i, s_t
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):
+        unconditional, image_only, image_text = (self.conds.get(k) for k in ("negative", "middle", "positive"))
+        if not model_options.get("disable_cfg1_optimization", False):
+            if math.isclose(self.s_i, 1.0):
+                unconditional = None
+                if math.isclose(self.s_t, 1.0):
+                    image_only = None
+        out = comfy.samplers.calc_cond_batch(self.inner_model, [unconditional, image_only, image_text], x, timestep,
+                                             model_options)
+        image = comfy.samplers.cfg_function(self.inner_model, out[1], out[0], self.s_i, x, timestep,
+                                            model_options=model_options, cond=image_only, uncond=unconditional)
+        return image + (out[2] - out[1]) * self.s_t
+
+
 class DistilledGuider(comfy.samplers.CFGGuider):
     """One UNet pass per step: the student on (image, instruction) with the knobs in its embedding."""
 
@@ -180,12 +210,12 @@ def with_cross_frame_attention(model, anchor: str, anchor_count: int):
 
 
 def two_knob_guider(model, instruction, empty_text, source: torch.Tensor, s_i: float, s_t: float):
-    """Eq. 1 as core DualCFGGuider: cond1 = instruction + image, cond2 = empty text + image,
-    negative = empty text with a zero image, cfg_conds = s_T, cfg_cond2_negative = s_I."""
+    """Eq. 1 (core DualCFGGuider with cond1 = instruction + image, cond2 = empty text + image,
+    negative = empty text with a zero image, cfg_conds = s_T, cfg_cond2_negative = s_I)."""
     require_ip2p(model)
-    g = Guider_DualCFG(model)
+    g = TwoKnobGuider(model)
     g.set_conds(with_image(instruction, source), with_image(empty_text, source), with_image(empty_text, None))
-    g.set_cfg(s_t, s_i, nested=False)
+    g.set_scales(s_i, s_t)
     return g
 
 

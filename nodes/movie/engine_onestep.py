@@ -17,12 +17,12 @@ from safetensors.torch import load_file
 import comfy.model_management
 import comfy.samplers
 import comfy.utils
-from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
 
 from ..core.atomic_file import atomic_save_safetensors
 from ..host.attach import attach, attached
 from ..host.folders import model_file_names, model_file_path, register_model_folder
 from ..host.model_family import require_ip2p
+from ..host.model_sampling import with_discrete_sampling
 from . import guidance as movie, onestep as mo
 import comfy.model_sampling
 
@@ -79,13 +79,13 @@ def load_onestep_student(path: str) -> tuple[movie.GuidanceAdapter, dict]:
 
 
 def make_onestep_student(teacher, adapter: movie.GuidanceAdapter, meta: dict):
-    """Teacher + A2 merged at load + v-prediction sampling (core ModelSamplingDiscrete's patch)."""
+    """Teacher + A2 merged at load + v-prediction sampling (the discrete schedule's object patch)."""
     fp = mo.adapter_fingerprint(teacher_adapter(teacher))
     if meta.get("teacher_adapter") not in (None, fp):
         raise ValueError(f"model: this one-step student was trained on another guidance-distilled teacher (adapter "
                          f"{meta['teacher_adapter']}, this model's is {fp}); load the guidance adapter it was "
                          "distilled from (see the training run's info) before Load One-Step Student")
-    v_model = ModelSamplingDiscrete().patch(teacher, "v_prediction", False)[0]
+    v_model = with_discrete_sampling(teacher, "v_prediction", zsnr=False)
     m = make_student(v_model, adapter)
     attach(m, ONESTEP_KEY, {
         "trained_steps": int(meta.get("trained_steps", TRAINED_STEPS)), "steps": adapter.steps, "teacher_adapter": fp,

@@ -31,6 +31,7 @@ from ..core.training_runs import check_output_name
 from ..core.weight_deltas import CloneWeight
 from ..host.folders import save_folder
 from ..host.model_family import model_family, unet_of
+from ..host.training_models import plain_model, training_mode
 from ..host.training_ui import run_checkpoint, run_with_live_chart
 from . import guidance as movie, onestep as mo
 from .engine_cfg_distill import DistillData, Distiller
@@ -134,7 +135,7 @@ class OneStepDistiller(Distiller):
                             self.student.model_options["transformer_options"]["patches"]["emb_patch"]]
         self.fmodel = None
         if feature_model is not None:  # frozen copies for backward (inference-mode weights cannot be saved)
-            self.fmodel = feature_model.clone()
+            self.fmodel = plain_model(feature_model, "discriminator_model").clone()
             for n, m in self.fmodel.model.named_modules():
                 if n.startswith("diffusion_model.") and hasattr(m, "weight_function"):
                     for attr in ("weight", "bias"):
@@ -349,10 +350,11 @@ class OneStepDistiller(Distiller):
                 self._apply(opt, loss, student_p, head_p)
                 return loss.item()
 
-            step, losses = run_training_loop(
-                train_step, total, seed=cfg.seed, params=params, optimizer=opt, config=self.config_record(),
-                checkpoint_path=checkpoint_path, resume=resume, checkpoint_every=cfg.checkpoint_every,
-                on_step=on_step, interrupted=interrupted)
+            with training_mode():
+                step, losses = run_training_loop(
+                    train_step, total, seed=cfg.seed, params=params, optimizer=opt, config=self.config_record(),
+                    checkpoint_path=checkpoint_path, resume=resume, checkpoint_every=cfg.checkpoint_every,
+                    on_step=on_step, interrupted=interrupted)
         self.adapter.steps = step
         for p in (*self.adapter.parameters(), *self.heads.parameters()):
             p.requires_grad_(False)

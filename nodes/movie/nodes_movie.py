@@ -76,7 +76,7 @@ class IP2PTwoKnobGuider(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "The InstructPix2Pix teacher: eps(x,0,0) + s_I(eps(x,img,0) - eps(x,0,0)) + "
-                "s_T(eps(x,img,txt) - eps(x,img,0)), 3 UNet passes per step. This is core DualCFGGuider "
+                "s_T(eps(x,img,txt) - eps(x,img,0)), 3 UNet passes per step. It equals core DualCFGGuider "
                 "wired as cond1 = instruction+image, cond2 = empty text+image, negative = empty text with a "
                 "zero image, cfg_conds = s_T, cfg_cond2_negative = s_I. Use with SamplerCustomAdvanced."),
             inputs=[

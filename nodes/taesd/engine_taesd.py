@@ -1,9 +1,10 @@
-"""TAESD on video (ComfyUI-bound): core VAELoader's TAESD for a variant (cached), frames through
-it in chunks with progress and cancel, and the latent check that names the variant to pick.
+"""TAESD on video (ComfyUI-bound): ComfyUI's TAESD for a variant (cached), frames through it in
+chunks with progress and cancel, and the latent check that names the variant to pick.
 
 MoViE replaces the SD VAE by TAESD (92.6% fewer FLOPs). ComfyUI already carries TAESD
-(comfy/taesd) and loads it through core ``VAELoader`` ("taesd", "taesdxl", ...); we reuse
-that loader, so the result equals core VAELoader + VAEEncode/VAEDecode.
+(comfy/taesd, built by ``comfy.sd.VAE`` from the encoder and decoder tensors plus the family's
+latent scale and shift); we build it the way core ``VAELoader`` does, with core's functions, so
+the result equals core VAELoader + VAEEncode/VAEDecode (tests/test_taesd_nodes.py).
 """
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import os
 import torch
 
 import comfy.model_management
+import comfy.sd
 import comfy.utils
 import folder_paths
-import nodes as comfy_nodes
 
 from ..core.frame_chunks import frame_chunks
 
@@ -24,6 +25,13 @@ TAESD_VARIANTS = {
     "taesdxl": ("SDXL", 4),
     "taesd3": ("SD3", 16),
     "taef1": ("Flux.1", 16),
+}
+# variant -> (vae_scale, vae_shift): the family's latent format, as core VAELoader sets them
+LATENT_SCALE_SHIFT = {
+    "taesd": (0.18215, 0.0),
+    "taesdxl": (0.13025, 0.0),
+    "taesd3": (1.5305, 0.0609),
+    "taef1": (0.3611, 0.1159),
 }
 
 _cache: dict[tuple, object] = {}
@@ -45,15 +53,34 @@ def _taesd_files(variant: str) -> tuple[str, str]:
     return found[0], found[1]
 
 
+def _build_taesd(variant: str, encoder_path: str, decoder_path: str):
+    """The VAE core VAELoader(variant) builds: both files' tensors under taesd_encoder./taesd_decoder.
+    plus the latent scale and shift, through comfy.sd.VAE."""
+    sd = {}
+    for prefix, path in (("taesd_encoder", encoder_path), ("taesd_decoder", decoder_path)):
+        try:
+            part = comfy.utils.load_torch_file(path, safe_load=True)
+        except Exception as e:
+            raise ValueError(f"variant '{variant}': cannot read {path} ({type(e).__name__}: {e}); the file is corrupt "
+                             "or not a TAESD file; download it again from https://github.com/madebyollin/taesd") from None
+        sd.update({f"{prefix}.{k}": v for k, v in part.items()})
+    scale, shift = LATENT_SCALE_SHIFT[variant]
+    sd["vae_scale"], sd["vae_shift"] = torch.tensor(scale), torch.tensor(shift)
+    vae = comfy.sd.VAE(sd=sd)
+    vae.throw_exception_if_invalid()
+    return vae
+
+
 def load_taesd(variant: str):
-    """Core VAELoader's TAESD for ``variant``, cached by file paths and modification times."""
+    """ComfyUI's TAESD for ``variant`` (what core VAELoader(variant) returns), cached by file paths
+    and modification times."""
     if variant not in TAESD_VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(TAESD_VARIANTS)}, got '{variant}'")
     paths = [folder_paths.get_full_path_or_raise("vae_approx", f) for f in _taesd_files(variant)]
     key = (variant, *((p, os.path.getmtime(p)) for p in paths))
     if key not in _cache:
         _cache.clear()  # a TAESD is small, but keep only the latest one
-        _cache[key] = comfy_nodes.VAELoader().load_vae(variant)[0]
+        _cache[key] = _build_taesd(variant, *paths)
     return _cache[key]
 
 
