@@ -10,7 +10,8 @@ What a run does to the template (nothing is written back):
 - every LoadVideo reads ``clip`` (a file in the server's input folder);
 - every trainer (a node with ``steps``, ``output_name`` and ``resume`` inputs) does one step:
   ``steps`` (and ``v_steps``) 1, ``batch_size`` 1, ``resolution`` = ``size``, ``resume`` off, and
-  saves under ``output_name`` = gpucheck_<workflow>_<mode>, never over a user's file;
+  saves under ``output_name`` = gpucheck_<workflow>_<mode>, never over a user's file (over its own
+  file of an earlier check: ``overwrite`` on);
 - ``input_overrides`` sets an input on every node that has it, ``overrides`` are the runner's
   NODE.INPUT=VALUE strings (harness.workflow_api.apply_overrides);
 - each IMAGE that reaches an output node or a node making a VIDEO also feeds the probe's
@@ -233,7 +234,8 @@ def prepare_prompt(workflow: dict, object_info: dict, clip: str, *, name: str, m
         names = _input_names(object_info[prompt[nid]["class_type"]])
         inputs = prompt[nid]["inputs"]
         inputs.update(steps=1, resume=False, output_name=trainer_output_name(name, mode))
-        for key, value in (("v_steps", 1), ("batch_size", 1), ("resolution", size)):
+        # overwrite: the file is gpucheck's own (gpucheck_<workflow>_<mode>), from an earlier check
+        for key, value in (("v_steps", 1), ("batch_size", 1), ("resolution", size), ("overwrite", True)):
             if key in names and value is not None:
                 inputs[key] = value
     for key, value in (input_overrides or {}).items():

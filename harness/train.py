@@ -8,7 +8,8 @@ Config keys (CFG distillation, ``"trainer": "cfg_distill"``):
   model          InstructPix2Pix checkpoint path (single file), or "fixture:tiny_ip2p" (tests)
   vae            "checkpoint" (default: the checkpoint's VAE) or a TAESD variant name ("taesd")
   data_mode      "frames" (data-free: a folder of frame images + "instructions": [...]),
-                 "folder" ("dataset_folder": <id>.txt/<id>_source.png/<id>_edited.png triples,
+                 "folder" ("dataset_folder": <id>.txt/<id>_source.png/<id>_edited.png triples, absolute
+                 or relative to the base's input folder,
                  "resolution"), or "latents" ("latents": safetensors with x0/source/context/empty)
   steps, batch_size (per process), learning_rate, adapter ("lora"/"full"), lora_rank, seed,
   checkpoint_every, resume (default true)
@@ -85,6 +86,13 @@ def save_loss_curve(history: list[float], title: str, path: Path) -> None:
     atomic_write_bytes(buf.getvalue(), str(path))
 
 
+def allow_config_data_folder(folder: str) -> None:
+    """An absolute dataset_folder of the config is a training-data folder the user listed (the nodes
+    read data only from the input folder and such folders); a relative one is in the base's input folder."""
+    if os.path.isabs(folder):
+        running_pack_module("host.folders").allow_data_folder(folder)
+
+
 def _load_model(cfg):
     spec = cfg["model"]
     if spec == "fixture:tiny_ip2p":
@@ -102,6 +110,7 @@ def _data(cfg, clip, vae, md, nt):
         t = load_file(cfg["latents"])
         return md.DistillData(t["x0"], t["source"], t["context"], t["empty"])
     if mode == "folder":
+        allow_config_data_folder(cfg["dataset_folder"])
         return nt.folder_data(clip, vae, cfg["dataset_folder"], int(cfg["resolution"]))
     if mode == "frames":
         folder = Path(cfg["frames"])

@@ -8,7 +8,8 @@ Config keys:
   vae             "checkpoint" (default) or a TAESD variant name ("taesd")
   feature_network the discriminators' feature network: omit for the backbone's UNet encoder, or the
                   path of a DINOv2 model.safetensors (HF layout; it sees the clips decoded by vae)
-  dataset_folder  a folder with one .jsonl: {"video", "instruction", "caption"} per line
+  dataset_folder  a folder with one .jsonl: {"video", "instruction", "caption"} per line (absolute, or
+                  relative to the base's input folder; its clips must lie inside it)
   frames, resolution, steps, batch_size (per process), learning_rate, lora_rank, k, schedule_steps,
   teacher_steps, sds_only_fraction, control_strength, seed, checkpoint_every, resume (default true)
   output_dir      checkpoint.safetensors, lora.safetensors (kohya layout), loss_curve.png,
@@ -22,7 +23,8 @@ from pathlib import Path
 
 from .embedded import REPO_ROOT, boot_in_process
 from .pack import running_pack_module
-from .train import end_process_group, load_vae, run_printing_steps, save_loss_curve, start_process_group
+from .train import (allow_config_data_folder, end_process_group, load_vae, run_printing_steps, save_loss_curve,
+                    start_process_group)
 
 DEFAULTS = {"vae": "checkpoint", "frames": 8, "resolution": 256, "steps": 1500, "batch_size": 1,
             "learning_rate": 1e-5, "lora_rank": 16, "k": 3, "schedule_steps": 1000, "teacher_steps": 8,
@@ -68,6 +70,7 @@ def run(cfg: dict) -> dict:
     model, control, video, clip, vae = _models(cfg, ne)
     if cfg["vae"] != "checkpoint" or vae is None:
         vae = load_vae(cfg["vae"] if cfg["vae"] != "checkpoint" else "taesd")
+    allow_config_data_folder(cfg["dataset_folder"])
     data = nea.dataset_data(clip, vae, cfg["dataset_folder"], int(cfg["frames"]), int(cfg["resolution"]))
     out = Path(cfg["output_dir"])
     out.mkdir(parents=True, exist_ok=True)

@@ -110,7 +110,7 @@ def test_random_raft_from_a_users_file_runs(node, user_folder, clip):
 
 def test_a_pickle_in_the_folder_is_refused(node, user_folder, clip):
     torch.save({"weights": torch.zeros(1), "config": object}, user_folder / "bad.pth")
-    with pytest.raises(ValueError, match=r"bad.pth could not be read.*weights_only=True"):
+    with pytest.raises(ValueError, match=r"raft_weights: 'bad.pth' holds pickled Python objects.*weights_only=True"):
         node.execute(clip, clip, "RAFT", "bad.pth", 0, 0, 1)
 
 

@@ -294,10 +294,17 @@ def _dataset(folder, entries, frames=2, seed=0):
     return str(folder)
 
 
+def _listed(monkeypatch, folder):
+    """``folder`` as a listed training-data folder (a videoedit_datasets entry of extra_model_paths.yaml)."""
+    import folder_paths
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "videoedit_datasets", ([str(folder)], set()))
+
+
 def test_node_end_to_end_image_only(comfy, stack, tmp_path, monkeypatch):
     import comfy.utils as cu
     import folder_paths
     from harness.pack import pack_module
+    _listed(monkeypatch, tmp_path)
     nc = comfy.node_classes
     node = nc["VideoEditEVELoRAAligner"]
     mod = pack_module(node, "host.training_ui")  # the running pack's
@@ -313,7 +320,7 @@ def test_node_end_to_end_image_only(comfy, stack, tmp_path, monkeypatch):
         with torch.inference_mode():
             student, curve, info = node.execute(
                 stack["model"], stack["control"], stack["clip"], vae, "dataset folder", folder, "", "", 2, SIZE,
-                2, 1, 1e-3, 2, 2, 1000, 1, 0.5, 1.0, 0, 1, name, False).result
+                2, 1, 1e-3, 2, 2, 1000, 1, 0.5, 1.0, 0, 1, name, False, overwrite=True).result
     finally:
         cu.set_progress_bar_global_hook(old)
     assert seen[-1] == (2, 2)
@@ -328,8 +335,9 @@ def test_node_end_to_end_image_only(comfy, stack, tmp_path, monkeypatch):
     assert set(loaded.patches) == set(student.patches) and len(loaded.patches) > 0
 
 
-def test_bad_inputs(comfy, stack, tmp_path):
+def test_bad_inputs(comfy, stack, tmp_path, monkeypatch):
     from harness.fixtures import build_model, tiny_unet_config
+    _listed(monkeypatch, tmp_path)
     from videoedit.nodes.eve.engine_align_trainer import Aligner
     from videoedit.nodes.eve.engine_video_adapter import apply_video_adapter
     from videoedit.nodes.eve.engine_align_data import scan_dataset

@@ -244,7 +244,11 @@ def test_control_net_on_the_conditionings_equals_core_controlnet_apply_advanced(
 def test_save_and_reload_adapter(comfy, parts):
     import folder_paths
     fresh = _fresh(comfy, parts)
-    comfy.node_classes["VideoEditEVESaveVideoAdapter"].execute(fresh, "eve_test_adapter")
+    target = os.path.join(folder_paths.get_folder_paths("animatediff_models")[0], "eve_test_adapter.safetensors")
+    if os.path.exists(target):  # an earlier session's: this test saves a new one (no overwrite)
+        os.remove(target)
+    out = comfy.node_classes["VideoEditEVESaveVideoAdapter"].execute(fresh, "eve_test_adapter")
+    assert out.result == (target,) and out.ui["text"] == [f"saved {target}"]  # the path written is shown
     assert "eve_test_adapter.safetensors" in folder_paths.get_filename_list("animatediff_models")
     back = _loaded(comfy, "eve_test_adapter.safetensors")
     a, b = fresh.adapter_state_dict(), back.adapter_state_dict()

@@ -122,6 +122,7 @@ def test_trainer_does_one_step_at_the_check_size_under_its_own_name(object_info)
     assert (inputs["steps"], inputs["batch_size"], inputs["resolution"], inputs["resume"]) == (1, 1, 512, False)
     assert inputs["output_name"] == trainer_output_name("movie_cfg_distill_train", "dynamic-off")
     assert "-" not in inputs["output_name"]
+    assert inputs["overwrite"] is True  # its own file of an earlier check is replaced, not refused
     assert all(n["inputs"]["file"] == "clip.mp4" for n in prompt.values() if n["class_type"] == "LoadVideo")
     assert all(n["inputs"]["frames_per_chunk"] == 5 for n in prompt.values() if "frames_per_chunk" in n["inputs"])
     # the loss curve (-> PreviewImage) and the decoded frames (-> CreateVideo) are both looked at

@@ -104,8 +104,10 @@ def test_train_node_end_to_end(comfy, tiny, monkeypatch):
     name = "test_node_train"
     ck = os.path.join(folder_paths.get_output_directory(), "videoedit_training", "cfg_distill", name,
                       "checkpoint.safetensors")
-    if os.path.exists(ck):
-        os.remove(ck)
+    saved = os.path.join(folder_paths.get_folder_paths("videoedit_guidance")[0], f"{name}.safetensors")
+    for old_file in (ck, saved):  # a fresh run (an earlier session's adapter would be refused, not replaced)
+        if os.path.exists(old_file):
+            os.remove(old_file)
     try:
         with torch.inference_mode():  # as the server loads models and runs nodes: all inference tensors
             from harness.fixtures import build_model, tiny_unet_config
@@ -129,11 +131,14 @@ def test_train_node_end_to_end(comfy, tiny, monkeypatch):
     assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
 
 
-def test_train_node_bad_inputs(comfy, tiny, tmp_path):
+def test_train_node_bad_inputs(comfy, tiny, tmp_path, monkeypatch):
+    import folder_paths
     from harness.fixtures import build_model, tiny_unet_config
     model, clip = tiny
     node = comfy.node_classes["VideoEditCFGDistillTrain"]
     vae = comfy.node_classes["VAELoader"]().load_vae("taesd")[0]
+    # tmp_path as a listed training-data folder (what a videoedit_datasets entry of extra_model_paths.yaml does)
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "videoedit_datasets", ([str(tmp_path)], set()))
     args = lambda **kw: {**dict(model=model, clip=clip, vae=vae, data_mode="dataset folder", instructions="",
                                 dataset_folder=str(tmp_path), resolution=64, steps=1, batch_size=1,
                                 learning_rate=1e-3, adapter="lora", lora_rank=2, seed=0, checkpoint_every=1,

@@ -306,7 +306,8 @@ def _train_args(model, clip, vae, **kw):
                    instructions="make it snowy\nmake it red", dataset_folder="", resolution=64, v_steps=1, steps=1,
                    batch_size=2, v_learning_rate=1e-3, learning_rate=1e-3, disc_learning_rate=1e-3,
                    lambda_mse=1.0, lambda_gen=0.1, lambda_r1=0.1, adapter="lora", lora_rank=2, seed=0,
-                   checkpoint_every=1, output_name="test_onestep_node", resume=False), **kw}
+                   checkpoint_every=1, output_name="test_onestep_node", resume=False,
+                   overwrite=True), **kw}  # a fresh run; replacing is tested in test_host_save_files.py
 
 
 def test_nodes_end_to_end(comfy, tiny, monkeypatch):

@@ -7,10 +7,13 @@ import json
 import os
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 from .atomic_file import atomic_save_safetensors
+from .weight_files import read_metadata, read_weights
+
+
+def _fix(path: str) -> str:
+    return f"set resume to false to start the run over, or delete {path}"
 
 
 def capture_state(step: int, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
@@ -40,9 +43,7 @@ def save_checkpoint(path: str, step: int, params, optimizer, losses, config) -> 
 def load_checkpoint(path: str, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
                     config: dict | None = None) -> tuple[int, list[float]]:
     """Restore params (in place), optimizer and RNG; return (step, losses)."""
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata() or {}
-    tensors = load_file(path)
+    tensors, meta = read_weights(path, "resume", _fix(path))
     if config is not None and "config" in meta:
         saved = json.loads(meta["config"])
         diff = [k for k in sorted(set(saved) | set(config)) if saved.get(k) != config.get(k)]
@@ -50,7 +51,10 @@ def load_checkpoint(path: str, params: dict[str, torch.Tensor], optimizer: torch
             raise ValueError(f"checkpoint {os.path.basename(path)} was written with different settings "
                              f"({', '.join(f'{k}: {saved.get(k)!r} vs {config.get(k)!r}' for k in diff)}); "
                              "use the same settings to resume, or another output name to start over")
-    names = json.loads(meta["param_names"])
+    try:
+        names = json.loads(meta["param_names"])
+    except (KeyError, ValueError):
+        raise ValueError(f"resume: {path} is not a checkpoint of the pack's trainers; {_fix(path)}") from None
     if names != list(params):
         raise ValueError(f"checkpoint {os.path.basename(path)} holds other parameters than this run")
     with torch.no_grad():
@@ -73,11 +77,12 @@ def checkpoint_step(path: str) -> int:
     """The step a checkpoint file was written at (0 when there is none)."""
     if not os.path.exists(path):
         return 0
-    with safe_open(path, framework="pt") as f:
-        return int((f.metadata() or {}).get("step", 0))
+    step = read_metadata(path, "resume", _fix(path)).get("step", "0")
+    if not step.isdigit():
+        raise ValueError(f"resume: {path} has a corrupt step ({step!r}); {_fix(path)}")
+    return int(step)
 
 
 def checkpoint_config(path: str) -> dict:
     """The settings record a checkpoint was written with ({} when it holds none)."""
-    with safe_open(path, framework="pt") as f:
-        return json.loads((f.metadata() or {}).get("config", "{}"))
+    return json.loads(read_metadata(path, "resume", _fix(path)).get("config", "{}"))

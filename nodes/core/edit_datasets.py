@@ -3,15 +3,19 @@ square image loading; errors name the input, the bad entry and the expected layo
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import torch
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-def scan_edit_triples(folder: str, input_name: str = "dataset_folder") -> list[tuple[str, str, str, str]]:
+def scan_edit_triples(folder: str, input_name: str = "dataset_folder",
+                      file_path: Callable[[str, str], str] = os.path.join) -> list[tuple[str, str, str, str]]:
     """(id, source image, edited image, instruction) for every ``<id>.txt`` in ``folder`` with
-    ``<id>_source.<ext>`` and ``<id>_edited.<ext>`` beside it. Errors name the first bad entry."""
+    ``<id>_source.<ext>`` and ``<id>_edited.<ext>`` beside it. Errors name the first bad entry.
+    ``file_path(folder, name)``: the path of a file of the folder before it is read (the node
+    passes one that refuses a file whose symlink leads outside the data folders)."""
     layout = "<id>.txt (the instruction) + <id>_source.png + <id>_edited.png per sample"
     if not folder or not os.path.isdir(folder):
         raise ValueError(f"{input_name}: '{folder}' is not a folder; expected a folder of {layout}")
@@ -27,11 +31,11 @@ def scan_edit_triples(folder: str, input_name: str = "dataset_folder") -> list[t
             missing = " and ".join(x for x, f in ((f"{i}_source.<png|jpg|webp>", src), (f"{i}_edited.<png|jpg|webp>", edt)) if f is None)
             raise ValueError(f"{input_name}: sample '{i}' ({i}.txt) has no {missing} in '{folder}'; "
                              f"expected {layout}")
-        with open(os.path.join(folder, f"{i}.txt"), encoding="utf-8", errors="strict") as f:
+        with open(file_path(folder, f"{i}.txt"), encoding="utf-8", errors="strict") as f:
             text = f.read().strip()
         if not text:
             raise ValueError(f"{input_name}: sample '{i}': {i}.txt is empty; write the edit instruction in it")
-        out.append((i, os.path.join(folder, src), os.path.join(folder, edt), text))
+        out.append((i, file_path(folder, src), file_path(folder, edt), text))
     stray = sorted(k for k in images if not (k.endswith(("_source", "_edited")) and k.rsplit("_", 1)[0] in set(ids)))
     if stray:
         raise ValueError(f"{input_name}: image '{images[stray[0]]}' belongs to no sample (no matching .txt); "

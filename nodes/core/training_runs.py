@@ -21,9 +21,9 @@ def check_output_name(name: str, input_name: str = "output_name") -> str:
     """A plain file stem: no folders, no '..', not empty."""
     n = (name or "").strip()
     if not n or n in (".", "..") or any(c in n for c in ("/", "\\", "\0", ":")) or os.path.isabs(n) \
-            or n.startswith("."):
+            or n.startswith(".") or len(n) > 200:
         raise ValueError(f"{input_name}: '{name}' is not a plain file name (no folders, no path separators, "
-                         "not starting with '.'); type a name like my_adapter")
+                         "not starting with '.', at most 200 characters); type a name like my_adapter")
     return n[:-len(".safetensors")] if n.endswith(".safetensors") else n
 
 

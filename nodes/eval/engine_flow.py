@@ -14,7 +14,7 @@ import comfy.model_management
 import comfy.utils
 import folder_paths
 
-from ..host.folders import register_model_folder
+from ..host.folders import check_model_file_name, register_model_folder
 from . import raft
 from .warp_error import WarpErrorResult, clip_warp_error, pan_flow_fn
 
@@ -56,7 +56,7 @@ def resolve(option: str) -> str:
             raise ValueError(f"raft_weights: {path} is no longer there; refresh the node list. "
                              + missing_weights_message())
         return str(path)
-    path = folder_paths.get_full_path(FOLDER, option)
+    path = folder_paths.get_full_path(FOLDER, check_model_file_name(FOLDER, option, "raft_weights"))
     if path is None:
         raise ValueError(f"raft_weights: '{option}' is not in models/{FOLDER}; refresh the node list. "
                          + missing_weights_message())

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..core.weight_files import read_weights
+
 ARCHITECTURES = ("raft_large", "raft_small")
 FLOW_UPDATES = 12           # torchvision's default and the RAFT demo's
 MIN_SIDE = 128              # torchvision's 4-level correlation pyramid needs feature maps >= 16 px
@@ -56,27 +58,11 @@ def where_to_put(folder: str | os.PathLike) -> str:
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a .safetensors file or a plain state dict saved with torch.save; anything else
-    (pickled objects, other formats) is refused with a message that names the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"RAFT weights: {path} does not exist")
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-        try:
-            return load_file(str(path), device="cpu")
-        except Exception as e:  # safetensors raises its own error types
-            raise ValueError(f"RAFT weights: {path.name} is not a readable .safetensors file ({e})") from None
-    try:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"RAFT weights: {path.name} could not be read as a plain state dict with "
-                         f"torch.load(weights_only=True) ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                         f"only tensors are loaded, never pickled code: use torchvision's RAFT .pth file or a "
-                         f".safetensors copy of it") from None
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"RAFT weights: {path.name} holds a {type(sd).__name__}, not a state dict of tensors; "
-                         "use torchvision's RAFT .pth file (a plain state dict)")
+    """Tensors of a .safetensors file or a plain state dict saved with torch.save (core.weight_files:
+    ``torch.load(weights_only=True)``, so pickled code never runs); anything else is refused with a
+    message that names the file."""
+    sd, _ = read_weights(str(path), "raft_weights", f"use torchvision's RAFT .pth file (a plain state dict) or a "
+                                                    f".safetensors copy of it ({DOWNLOAD_PAGE})", torch_files=True)
     return sd
 
 

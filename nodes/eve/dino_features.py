@@ -15,10 +15,11 @@ import re
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from einops import rearrange
 from kornia.enhance import normalize
 from torch import nn
+
+from ..core.weight_files import read_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # DINOv2's input normalisation
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -56,7 +57,8 @@ def load_dinov2(path: str, input_name: str = "feature_network") -> nn.Module:
         raise ValueError(f"{input_name}: '{os.path.basename(path)}' is not a .safetensors file; pickle checkpoints "
                          "are not loaded (they can run code). Download model.safetensors of facebook/dinov2-*")
     with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; backward passes through this
-        sd = load_file(path)
+        sd, _ = read_weights(path, input_name, "download model.safetensors of facebook/dinov2-small, -base or -large "
+                                               "again")
         model = Dinov2Model(dinov2_config(sd, input_name))
         got = model.load_state_dict(sd, strict=False)
     missing = [k for k in got.missing_keys if not k.startswith("embeddings.mask_token")]

@@ -5,7 +5,8 @@ eve/align.py, the loop core/trainer_loop.py.
 
 Data: a folder with one ``.jsonl`` file, one clip per line:
 ``{"video": "clip.mp4" | "frames_folder", "instruction": "...", "caption": "..."}`` (paths
-relative to the folder). No edited videos: the teachers supervise.
+relative to the folder). No edited videos: the teachers supervise. The folder, every entry and
+every frame are resolved by ``host.folders.data_path``: nothing outside the data folders is read.
 """
 from __future__ import annotations
 
@@ -17,11 +18,10 @@ import torch.nn.functional as Fn
 
 from ..core.atomic_file import atomic_save_safetensors
 from ..core.edit_datasets import IMAGE_EXTS, load_image_square
-from ..core.training_runs import check_output_name
 from ..host.encoding import encode_images, encode_text
-from ..host.folders import input_folder_path, model_file_names, model_file_path, register_model_folder, save_folder
+from ..host.folders import data_path, model_file_names, model_file_path, register_model_folder
 from ..host.lora import load_model_lora
-from ..host.training_ui import run_checkpoint, run_with_live_chart
+from ..host.training_ui import run_files, run_with_live_chart
 from . import dino_features
 from .engine_align_trainer import AlignData, Aligner
 
@@ -49,14 +49,14 @@ def load_feature_network(name: str | None):
 # ------------------------------------------------------------------------- dataset
 
 def scan_dataset(folder: str, input_name: str = "dataset_folder") -> list[dict]:
-    """The JSONL entries (video path made absolute); errors name the entry and the fix."""
+    """The JSONL entries (video path resolved inside the data folders); errors name the entry and the fix."""
     if not folder or not os.path.isdir(folder):
         raise ValueError(f"{input_name}: '{folder}' is not a folder; expected a folder with {LAYOUT}")
     files = sorted(n for n in os.listdir(folder) if n.endswith(".jsonl"))
     if len(files) != 1:
         raise ValueError(f"{input_name}: '{folder}' holds {len(files)} .jsonl files; expected {LAYOUT}")
     entries = []
-    with open(os.path.join(folder, files[0]), encoding="utf-8") as f:
+    with open(data_path(files[0], input_name, base=folder, shown=f"'{files[0]}'"), encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -71,7 +71,7 @@ def scan_dataset(folder: str, input_name: str = "dataset_folder") -> list[dict]:
                 if not isinstance(e.get(key), str) or not e[key].strip():
                     raise ValueError(f"{input_name}: entry {where} (video {e.get('video')!r}) has no '{key}'; "
                                      f"every clip needs a video, an edit instruction and an output caption")
-            path = os.path.join(folder, e["video"])
+            path = data_path(e["video"], input_name, base=folder, shown=f"entry {where}: video {e['video']!r}")
             if not os.path.exists(path):
                 raise ValueError(f"{input_name}: entry {where}: video '{e['video']}' does not exist in '{folder}'")
             entries.append({"video": path, "instruction": e["instruction"].strip(),
@@ -93,7 +93,8 @@ def load_clip_frames(path: str, frames: int, size: int, name: str) -> torch.Tens
     """The first ``frames`` frames of a video file or of a folder of images (sorted)."""
     if os.path.isdir(path):
         files = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTS))[:frames]
-        imgs = [load_image_square(os.path.join(path, n), size) for n in files]
+        imgs = [load_image_square(data_path(n, "dataset_folder", base=path, shown=f"frame '{n}' of clip '{name}'"),
+                                  size) for n in files]
         out = torch.stack(imgs) if imgs else torch.zeros(0, size, size, 3)
     else:
         if not path.lower().endswith(VIDEO_EXTS):
@@ -130,7 +131,7 @@ def clip_data(clip, vae, images, instruction: str, caption: str, frames: int) ->
 
 
 def dataset_data(clip, vae, folder: str, frames: int, resolution: int) -> AlignData:
-    path = input_folder_path(folder)
+    path = data_path(folder, "dataset_folder")
     if resolution % 8:
         raise ValueError(f"resolution: {resolution} is not a multiple of 8")
     entries = scan_dataset(path)
@@ -151,21 +152,23 @@ def dataset_data(clip, vae, folder: str, frames: int, resolution: int) -> AlignD
 TRAINER_KIND = "eve_align"  # its checkpoints: output/videoedit_training/eve_align/<name>/
 
 
-def run_paths(output_name: str) -> tuple[str, str]:
-    """(checkpoint, LoRA file in models/loras) of the run ``output_name``; an old-layout checkpoint
-    of an EVE alignment (its settings record has sds_fraction) is moved to the new place."""
-    ckpt = run_checkpoint(TRAINER_KIND, output_name, "checkpoint.safetensors", "sds_fraction")
-    return ckpt, os.path.join(save_folder("loras"), f"{check_output_name(output_name)}.safetensors")
+def run_paths(output_name: str, resume: bool = True, overwrite: bool = False) -> tuple[str, str, dict]:
+    """(checkpoint, LoRA file in models/loras, its run metadata) of the run ``output_name``
+    (host.training_ui.run_files: an existing LoRA of that name is refused unless it is this resumed
+    run's own or ``overwrite``); an old-layout checkpoint of an EVE alignment (its settings record
+    has sds_fraction) is moved to the new place."""
+    return run_files(TRAINER_KIND, output_name, "checkpoint.safetensors", "sds_fraction", "loras", resume, overwrite)
 
 
-def save_lora(aligner: Aligner, path: str) -> None:
+def save_lora(aligner: Aligner, path: str, extra_meta: dict | None = None) -> None:
     meta = {"format": "kohya lora (lora_unet_*)", "videoedit": "EVE LoRA aligner (FDD)",
-            "steps": str(aligner.steps), "rank": str(aligner.cfg.rank)}
+            "steps": str(aligner.steps), "rank": str(aligner.cfg.rank), **(extra_meta or {})}
     atomic_save_safetensors(aligner.lora_file(), path, meta)
 
 
 def with_lora(model, path: str):
-    """``model`` with the LoRA file at strength 1 (what core LoraLoaderModelOnly gives)."""
+    """``model`` with the LoRA file just written at strength 1 (what core LoraLoaderModelOnly gives;
+    host.lora reads it through core.weight_files and checks every key applied)."""
     return load_model_lora(model, path, 1.0, "output_name")
 
 
@@ -174,12 +177,12 @@ def feature_network_names() -> list[str]:
 
 
 def train_and_save(edit_teacher, control_net, video_teacher, data: AlignData, cfg, feature_network, vae, ckpt: str,
-                   lora_path: str, resume: bool, node=None, name: str = ""):
+                   lora_path: str, resume: bool, node=None, name: str = "", run_meta: dict | None = None):
     """Align with progress, cancel and the live chart, save the LoRA; returns (the student: the
     video teacher or the backbone with the LoRA, the aligner, the loss history, the resumed step)."""
     features, fname = load_feature_network(feature_network)
     aligner = Aligner(edit_teacher, control_net, video_teacher, data, cfg, features, vae, fname)
     history, start = run_with_live_chart(aligner.run, cfg.steps, ckpt, resume, node, name)
-    save_lora(aligner, lora_path)
+    save_lora(aligner, lora_path, run_meta)
     base = video_teacher if video_teacher is not None else edit_teacher
     return with_lora(base, lora_path), aligner, history, start

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 
-import torch
 
 import comfy.context_windows as cw
 import comfy.utils
@@ -29,7 +28,8 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock, TimestepEmb
 from comfy.ldm.modules.attention import SpatialTransformer
 
 from ..core.atomic_file import atomic_save_safetensors
-from ..host.folders import model_file_names, model_file_path, register_model_folder, save_folder
+from ..core.weight_files import read_weights
+from ..host.folders import model_file_names, model_file_path, register_model_folder, save_path
 from ..host.lora import load_model_lora
 from ..host.model_sampling import with_discrete_sampling
 from . import windows as eve
@@ -54,13 +54,14 @@ def load_video_adapter(name: str) -> VideoAdapter:
     path = model_file_path(FOLDER, name, "adapter_name", "put the motion module there and refresh")
     key = (path, os.path.getmtime(path))
     if key not in _cache:
-        try:
-            sd = comfy.utils.load_torch_file(path, safe_load=True)  # safetensors or torch.load(weights_only=True)
-        except Exception as e:
-            raise ValueError(f"video adapter '{name}': cannot read {path} ({type(e).__name__}: {e}); the file is "
-                             "corrupt or not a checkpoint; download it again") from None
+        # safetensors, or a .ckpt through torch.load(weights_only=True): a pickle's code never runs
+        sd, _ = read_weights(path, "adapter_name", f"download the motion module again ({path})", torch_files=True,
+                             unwrap=True)
         _cache.clear()
-        _cache[key] = adapter_from_state_dict(sd, name)
+        try:
+            _cache[key] = adapter_from_state_dict(sd, name)
+        except ValueError as e:  # its messages start with the file name
+            raise ValueError(f"adapter_name: {e}") from None
     return _cache[key]
 
 
@@ -110,7 +111,6 @@ def apply_video_adapter(model, adapter: VideoAdapter, anchor: bool):
     layout = backbone_layout(model)
     check_adapter(adapter, layout)
     m = model.clone()
-    unet = model.model.diffusion_model
     per_block: dict[str, list] = {}
     for prefix, mod in adapter.items():
         pl = layout[prefix]
@@ -266,10 +266,10 @@ def apply_control_net(positive, negative, control_net, images, strength: float):
     return out[0], out[1]
 
 
-def save_video_adapter(adapter: VideoAdapter, filename: str) -> str:
-    """Save Video Adapter: the AnimateDiff key layout, float32 safetensors, in models/animatediff_models."""
-    name = os.path.basename(filename.strip()) or "eve_video_adapter"
-    path = os.path.join(save_folder(FOLDER), name if name.endswith(".safetensors") else name + ".safetensors")
+def save_video_adapter(adapter: VideoAdapter, filename: str, overwrite: bool = False) -> str:
+    """Save Video Adapter: the AnimateDiff key layout, float32 safetensors, in models/animatediff_models
+    (a plain file name; an existing file only with ``overwrite``). Returns the path written."""
+    path = save_path(FOLDER, filename, "filename", overwrite)
     atomic_save_safetensors({k: v.float() for k, v in adapter.adapter_state_dict().items()}, path)
     return path
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 
 from ..host.folders import model_file_names
+from ..host.trainer_inputs import overwrite_input
 from . import CATEGORY, engine_video_adapter as engine
 from .temporal_adapter import fresh_adapter
 
@@ -68,17 +69,20 @@ class SaveVideoAdapter(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="VideoEditEVESaveVideoAdapter", display_name="Save Video Adapter (EVE)", category=CATEGORY,
-            description="Saves a video adapter to models/animatediff_models in the AnimateDiff key layout (safetensors).",
+            description=("Saves a video adapter to models/animatediff_models in the AnimateDiff key layout "
+                         "(safetensors, written atomically) and shows the path written. An existing file of the "
+                         "same name is kept (the node stops with a message) unless overwrite is on."),
             inputs=[VideoAdapterType.Input("video_adapter", tooltip="The adapter to save."),
                     io.String.Input("filename", default="eve_video_adapter",
-                                    tooltip="File name (without extension) in models/animatediff_models.")],
-            outputs=[], is_output_node=True,
+                                    tooltip="File name (without extension, no folders) in models/animatediff_models."),
+                    overwrite_input("models/animatediff_models")],
+            outputs=[io.String.Output(display_name="path", tooltip="The file written.")], is_output_node=True,
         )
 
     @classmethod
-    def execute(cls, video_adapter, filename) -> io.NodeOutput:
-        engine.save_video_adapter(video_adapter, filename)
-        return io.NodeOutput()
+    def execute(cls, video_adapter, filename, overwrite=False) -> io.NodeOutput:
+        path = engine.save_video_adapter(video_adapter, filename, overwrite)
+        return io.NodeOutput(path, ui={"text": [f"saved {path}"]})
 
 
 

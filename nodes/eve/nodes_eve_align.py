@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
-from ..host.trainer_inputs import node_id, run_inputs, trainer_outputs
+from ..host.trainer_inputs import node_id, overwrite_input, run_inputs, trainer_outputs
 from ..host.training_ui import loss_curve_image, resumed_note
 from . import CATEGORY, engine_align_data as data
 from .engine_align_trainer import AlignConfig
@@ -43,7 +43,8 @@ class LoRAAligner(io.ComfyNode):
                                tooltip="'dataset folder': clips + instructions + captions from a JSONL folder (the "
                                        "paper's unsupervised data). 'my clip': align on the connected frames only."),
                 io.String.Input("dataset_folder", default="eve_align_data",
-                                tooltip="Dataset mode: folder (absolute, or inside ComfyUI's input folder) with " + data.LAYOUT + "."),
+                                tooltip="Dataset mode: folder inside ComfyUI's input folder (or in a folder listed under "
+                                        "videoedit_datasets in extra_model_paths.yaml) with " + data.LAYOUT + "."),
                 io.String.Input("instruction", default="make it a snowy winter scene",
                                 tooltip="'my clip' mode: the edit instruction for the connected clip."),
                 io.String.Input("caption", default="a snowy winter scene",
@@ -81,6 +82,7 @@ class LoRAAligner(io.ComfyNode):
                                        "(on latents, as MoViE and LADD), or a DINOv2 (EVE's choice) from "
                                        f"models/{data.FEATURES_FOLDER} (model.safetensors of facebook/dinov2-*); DINOv2 "
                                        "sees the clips decoded by the vae input, so use TAESD there to keep it cheap."),
+                overwrite_input("models/loras"),
             ],
             outputs=trainer_outputs("The student: the video teacher (or the backbone) with the aligned LoRA.",
                                     "The generator loss per step.", "Where the LoRA was saved and the last losses."),
@@ -91,11 +93,11 @@ class LoRAAligner(io.ComfyNode):
     def execute(cls, edit_teacher, control_net, clip, vae, data_mode, dataset_folder, instruction, caption, frames,
                 resolution, steps, batch_size, learning_rate, lora_rank, k, schedule_steps, teacher_steps,
                 sds_only_fraction, control_strength, seed, checkpoint_every, output_name, resume, video_teacher=None,
-                images=None, feature_network=None) -> io.NodeOutput:
-        ckpt, lora_path = data.run_paths(output_name)
+                images=None, feature_network=None, overwrite=False) -> io.NodeOutput:
         if k > schedule_steps:
             raise ValueError(f"k: {k} student steps cannot be drawn from a schedule of {schedule_steps} steps "
                              "(one per bin); lower k or raise schedule_steps")
+        ckpt, lora_path, run_meta = data.run_paths(output_name, resume, overwrite)  # before any work
         if data_mode == data.DATA_MODES[1]:
             clips = data.clip_data(clip, vae, images, instruction, caption, frames)
         else:
@@ -105,7 +107,7 @@ class LoRAAligner(io.ComfyNode):
                           control_strength=control_strength, seed=seed, checkpoint_every=checkpoint_every)
         student, aligner, history, start = data.train_and_save(
             edit_teacher, control_net, video_teacher, clips, cfg, feature_network, vae, ckpt, lora_path, resume,
-            node_id(cls), output_name)
+            node_id(cls), output_name, run_meta)
         last = ", ".join(f"{k_} {v:.4g}" for k_, v in aligner.last_log.items())
         text = (f"saved {lora_path} after {aligner.steps} steps ({len(clips.names)} clips, "
                 f"{'image-only' if video_teacher is None else 'edit + video teachers'}); last step: {last or 'n/a'}"

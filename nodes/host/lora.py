@@ -16,7 +16,8 @@ import os
 
 import comfy.lora
 import comfy.lora_convert
-import comfy.utils
+
+from ..core.weight_files import read_weights
 
 # key prefixes of text-encoder LoRA modules (kohya lora_te*/lora_prior_te*, diffusers text_encoder*,
 # the generic text_encoders.*): a model-only LoRA ignores them, core LoraLoaderModelOnly too
@@ -25,13 +26,11 @@ MAX_SUFFIX_PARTS = 3  # "<module>.lora_up.weight", "<module>.lora.up.weight", "<
 
 
 def read_lora(path: str, input_name: str) -> dict:
-    """The LoRA file's tensors (safetensors, or torch.load(weights_only=True)), or an error naming
-    the input and the file."""
-    try:
-        return comfy.utils.load_torch_file(path, safe_load=True)
-    except Exception as e:
-        raise ValueError(f"{input_name}: cannot read '{os.path.basename(path)}' ({type(e).__name__}: {e}); the "
-                         "file is corrupt, truncated or not a LoRA; download or train it again") from None
+    """The LoRA file's tensors through the pack's one weights reader (core.weight_files:
+    safetensors, or a PyTorch file with torch.load(weights_only=True); a bare pickle never runs),
+    or an error naming the input, the file and the fix."""
+    return read_weights(path, input_name, "download the LoRA again or train it again, or pick another file",
+                        torch_files=True, unwrap=True)[0]
 
 
 def lora_coverage(lora: dict, key_map: dict, patched: set) -> tuple[int, int]:

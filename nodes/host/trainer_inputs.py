@@ -1,6 +1,7 @@
 """The inputs and outputs every trainer node of the pack shares (V3 schema pieces), written once:
-seed, checkpoint interval, output name, resume; the MODEL / loss curve / info outputs; the node
-id the live chart needs. Names, order and defaults are part of saved workflows: keep them."""
+seed, checkpoint interval, output name, resume; the overwrite switch (trainers and savers); the
+MODEL / loss curve / info outputs; the node id the live chart needs. Names, order and defaults
+are part of saved workflows: keep them."""
 from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
@@ -15,10 +16,19 @@ def run_inputs(output_default: str, saved_as: str, kind: str) -> list:
                      tooltip="Write a checkpoint (atomically) every this many steps; a killed run resumes there."),
         io.String.Input("output_name", default=output_default,
                         tooltip=f"File name (no folders) of {saved_as}; its checkpoint goes to "
-                                f"output/videoedit_training/{kind}/<name>."),
+                                f"output/videoedit_training/{kind}/<name>. An existing file of that name is "
+                                "never replaced unless overwrite is on (a resumed run rewrites its own file)."),
         io.Boolean.Input("resume", default=True,
                          tooltip="Continue from this output name's checkpoint if there is one (same settings)."),
     ]
+
+
+def overwrite_input(what: str):
+    """The overwrite switch, an optional widget after every other input (older saved workflows,
+    which lack it, keep their widget values in place and get False)."""
+    return io.Boolean.Input("overwrite", default=False, optional=True,
+                            tooltip=f"Replace an existing file of the same name in {what}. Off: such a file is "
+                                    "kept and the node stops with a message before doing any work.")
 
 
 def trainer_outputs(model_tooltip: str, curve_tooltip: str, info_tooltip: str) -> list:

@@ -4,6 +4,8 @@ progress bar, cancel, the live loss chart on the node (js/videoedit_loss_chart.j
 output folder. The loop itself is ``core/trainer_loop.py``."""
 from __future__ import annotations
 
+import os
+
 import comfy.model_management
 import comfy.utils
 import folder_paths
@@ -11,6 +13,7 @@ import folder_paths
 from ..core import training_runs
 from ..core.checkpoints import checkpoint_step
 from ..core.loss_curve import image_to_tensor, render_loss_curve
+from .folders import RUN_TAG_KEY, run_tag, save_path
 
 MESSAGE = "videoedit.training"
 
@@ -33,6 +36,20 @@ def run_checkpoint(kind: str, name: str, legacy_file: str, legacy_config_key: st
     path = training_runs.checkpoint_path(out, kind, name)
     training_runs.adopt_legacy_checkpoint(path, out, name, legacy_file, legacy_config_key)
     return path
+
+
+def run_files(kind: str, name: str, legacy_file: str, legacy_config_key: str, model_folder: str, resume: bool,
+              overwrite: bool) -> tuple[str, str, dict[str, str]]:
+    """(checkpoint, the model file the run writes in ``model_folder``, the metadata that marks the
+    file as this run's) of run ``name`` of trainer ``kind``, checked before any work is done.
+
+    The output name is also the resume key: a run that resumes its checkpoint (resume on, a
+    checkpoint there) may rewrite the file it wrote before (its metadata names this run); any other
+    existing file of that name is refused unless ``overwrite``."""
+    ckpt = run_checkpoint(kind, name, legacy_file, legacy_config_key)
+    tag = run_tag(kind, name)
+    path = save_path(model_folder, name, "output_name", overwrite, tag if resume and os.path.isfile(ckpt) else None)
+    return ckpt, path, {RUN_TAG_KEY: tag}
 
 
 def run_with_live_chart(run, total: int, ckpt: str, resume: bool, node=None, name: str = ""):

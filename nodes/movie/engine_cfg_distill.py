@@ -7,7 +7,6 @@ switched off, so no second copy of the weights is needed.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -17,12 +16,10 @@ import comfy.model_management
 
 from ..core.ddp import ddp_average_grads_, ddp_info
 from ..core.trainer_loop import run_training_loop
-from ..core.training_runs import check_output_name
 from ..core.weight_deltas import CloneWeight
-from ..host.folders import save_folder
 from ..host.model_family import model_family, require_ip2p, unet_of
 from ..host.training_models import plain_model, training_mode
-from ..host.training_ui import run_checkpoint, run_with_live_chart
+from ..host.training_ui import run_files, run_with_live_chart
 from . import guidance as movie
 from .engine_guidance import ADAPTER_FOLDER, make_student, save_guidance_adapter
 
@@ -221,18 +218,19 @@ class Distiller:
 TRAINER_KIND = "cfg_distill"  # its checkpoints: output/videoedit_training/cfg_distill/<name>/
 
 
-def run_paths(output_name: str) -> tuple[str, str]:
-    """(checkpoint, adapter file) of the run ``output_name``; an old-layout checkpoint of a CFG
-    distillation (its settings record has s_i_range) is moved to the new place."""
-    ckpt = run_checkpoint(TRAINER_KIND, output_name, "checkpoint.safetensors", "s_i_range")
-    return ckpt, os.path.join(save_folder(ADAPTER_FOLDER), f"{check_output_name(output_name)}.safetensors")
+def run_paths(output_name: str, resume: bool = True, overwrite: bool = False) -> tuple[str, str, dict]:
+    """(checkpoint, adapter file, its run metadata) of the run ``output_name`` (host.training_ui.run_files:
+    an existing adapter of that name is refused unless it is this resumed run's own or ``overwrite``);
+    an old-layout checkpoint of a CFG distillation (its settings record has s_i_range) is moved to the new place."""
+    return run_files(TRAINER_KIND, output_name, "checkpoint.safetensors", "s_i_range", ADAPTER_FOLDER, resume,
+                     overwrite)
 
 
 def train_and_save(model, data: DistillData, cfg: DistillConfig, ckpt: str, adapter_path: str, resume: bool,
-                   node=None, name: str = ""):
+                   node=None, name: str = "", run_meta: dict | None = None):
     """Distill with progress, cancel and the live chart, save the adapter; returns (the student,
     its adapter, the loss history, the step it resumed at)."""
     d = Distiller(model, data, cfg)
     history, start = run_with_live_chart(d.run, cfg.steps, ckpt, resume, node, name)
-    save_guidance_adapter(d.adapter, adapter_path)
+    save_guidance_adapter(d.adapter, adapter_path, run_meta)
     return make_student(model, d.adapter), d.adapter, history, start

@@ -12,13 +12,12 @@ import math
 import os
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.samplers
 
 from ..core.atomic_file import atomic_save_safetensors
+from ..core.weight_files import read_weights
 from ..host.attach import attach, attached
 from ..host.folders import model_file_names, model_file_path, register_model_folder
 from ..host.model_family import model_family, require_ip2p, unet_of
@@ -27,6 +26,7 @@ from .mobile_pix2pix import RemovedAttention, highest_resolution_attention
 
 ADAPTER_FOLDER = "videoedit_guidance"
 GUIDANCE_ADAPTER_KEY = "videoedit.movie.guidance_adapter"  # attachment: the adapter a student carries
+ONESTEP_FORMAT = "videoedit.movie.onestep_student"  # a one-step student file (engine_onestep writes it)
 
 register_model_folder(ADAPTER_FOLDER)
 
@@ -58,17 +58,23 @@ def make_student(model, adapter: movie.GuidanceAdapter, train: bool = False):
     as trainable weight wrappers (add_weight_wrapper)."""
     require_ip2p(model, "model")
     fam = model_family(model)
+    src = adapter.source
     bad = movie.family_mismatch(adapter.family, fam)
     if bad:
         raise ValueError(
-            f"guidance adapter: trained for another model family ({adapter.family['model']}, "
+            f"{src}: trained for another model family ({adapter.family.get('model')}, "
             + ", ".join(f"{k}={adapter.family.get(k)}" for k in bad) + f") than this model ({fam['model']}, "
             + ", ".join(f"{k}={fam.get(k)}" for k in bad) + "); use the adapter distilled from this teacher")
-    sd_keys = set(model.model.state_dict().keys())
-    missing = [k for k, _ in adapter.weight_wrappers() if k not in sd_keys]
-    if missing:
-        raise ValueError(f"guidance adapter: {len(missing)} of its weights (e.g. {missing[0]}) do not exist in this "
-                         f"model ({fam['model']}); use the adapter distilled from this teacher")
+    emb_dim = int(unet_of(model).time_embed[-1].weight.shape[0])
+    if adapter.embed.time_embed_dim != emb_dim:
+        raise ValueError(f"{src}: its guidance embedding is {adapter.embed.time_embed_dim}-dimensional, this model's "
+                         f"timestep embedding {emb_dim}; use the adapter distilled from this teacher")
+    shapes = {k: tuple(v.shape) for k, v in model.model.state_dict().items()}
+    misfits = adapter.misfits(shapes)
+    if misfits:
+        raise ValueError(f"{src}: {len(misfits)} of its {len(adapter.deltas)} weight deltas do not fit this model "
+                         f"({fam['model']}; e.g. {misfits[0]}); the file is damaged or made for another UNet: use the "
+                         "adapter distilled from this teacher, or distill it again")
     m = model.clone()
     m.set_model_emb_patch(adapter.emb_patch())
     if train:
@@ -83,7 +89,10 @@ def make_student(model, adapter: movie.GuidanceAdapter, train: bool = False):
             else:
                 patches[key] = LoRAAdapter(set(), (delta.up.detach().float().clone(), delta.down.detach().float().clone(),
                                                    float(delta.alpha), None, None, None))
-        m.add_patches(patches, 1.0)
+        applied = m.add_patches(patches, 1.0)
+        if len(applied) != len(patches):  # every key was checked above; core must take every one
+            raise ValueError(f"{src}: ComfyUI applied {len(applied)} of its {len(patches)} weight deltas to this "
+                             "model; use the adapter distilled from this teacher")
     attach(m, GUIDANCE_ADAPTER_KEY, adapter)  # survives clone(): Cross-Frame Attention etc. downstream
     return m
 
@@ -93,15 +102,19 @@ def guidance_adapter_of(model) -> movie.GuidanceAdapter | None:
     return attached(model, GUIDANCE_ADAPTER_KEY)
 
 
-def save_guidance_adapter(adapter: movie.GuidanceAdapter, path: str) -> None:
+def save_guidance_adapter(adapter: movie.GuidanceAdapter, path: str, extra_meta: dict | None = None) -> None:
+    """The adapter file, atomically (``extra_meta``: e.g. the training run that wrote it)."""
     sd, meta = adapter.to_state()
-    atomic_save_safetensors(sd, path, meta)
+    atomic_save_safetensors(sd, path, {**meta, **(extra_meta or {})})
 
 
-def load_guidance_adapter(path: str) -> movie.GuidanceAdapter:
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata() or {}
-    return movie.GuidanceAdapter.from_state(load_file(path), meta, source=os.path.basename(path))
+def load_guidance_adapter(path: str, input_name: str = "adapter_name") -> movie.GuidanceAdapter:
+    """A guidance adapter file (core.weight_files: safetensors only, every failure named)."""
+    sd, meta = read_weights(path, input_name, "pick a file written by CFG Distill (train), or copy it again")
+    if meta.get("format") == ONESTEP_FORMAT:
+        raise ValueError(f"{input_name}: '{os.path.basename(path)}' is a one-step student, not a guidance adapter; "
+                         "load it with Load One-Step Student, and pick the adapter it was distilled from here")
+    return movie.GuidanceAdapter.from_state(sd, meta, source=f"{input_name}: '{os.path.basename(path)}'")
 
 
 def guidance_adapter_names() -> list[str]:

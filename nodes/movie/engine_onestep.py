@@ -11,14 +11,13 @@ import os
 from types import SimpleNamespace
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 import comfy.model_management
 import comfy.samplers
 import comfy.utils
 
 from ..core.atomic_file import atomic_save_safetensors
+from ..core.weight_files import read_weights
 from ..host.attach import attach, attached
 from ..host.folders import model_file_names, model_file_path, register_model_folder
 from ..host.model_family import require_ip2p
@@ -26,10 +25,11 @@ from ..host.model_sampling import with_discrete_sampling
 from . import guidance as movie, onestep as mo
 import comfy.model_sampling
 
-from .engine_guidance import check_source, distilled_guider, guidance_adapter_of, make_student, student_patch
+from .engine_guidance import (ONESTEP_FORMAT, check_source, distilled_guider, guidance_adapter_of, make_student,
+                              student_patch)
 
 STUDENT_FOLDER = "videoedit_onestep"
-STUDENT_FORMAT = "videoedit.movie.onestep_student"
+STUDENT_FORMAT = ONESTEP_FORMAT
 TRAINED_STEPS = 1  # the student is trained to go from noise to x_0 in one pass
 ONESTEP_KEY = "videoedit.movie.onestep_student"  # attachment: a one-step student's settings
 
@@ -56,25 +56,29 @@ def teacher_adapter(model, input_name: str = "model") -> movie.GuidanceAdapter:
 
 # ----------------------------------------------------------------- the student file
 
-def save_onestep_student(adapter: movie.GuidanceAdapter, fingerprint: str, cfg, path: str) -> None:
+def save_onestep_student(adapter: movie.GuidanceAdapter, fingerprint: str, cfg, path: str,
+                         extra_meta: dict | None = None) -> None:
     """The student's adapter A2 in the guidance-adapter layout, marked as a v-prediction one-step
     student of the teacher whose adapter hashes to ``fingerprint`` (``cfg``: the run's OneStepConfig)."""
     sd, meta = adapter.to_state()
     meta.update({"format": STUDENT_FORMAT, "teacher_adapter": fingerprint, "prediction": "v",
                  "trained_steps": str(TRAINED_STEPS), "v_steps": str(cfg.v_steps), "adversarial_steps": str(cfg.steps),
-                 "student_timesteps": json.dumps(mo.euler_discrete_timesteps().tolist())})
+                 "student_timesteps": json.dumps(mo.euler_discrete_timesteps().tolist()), **(extra_meta or {})})
     atomic_save_safetensors(sd, path, meta)
 
 
-def load_onestep_student(path: str) -> tuple[movie.GuidanceAdapter, dict]:
-    with safe_open(path, framework="pt") as f:
-        meta = dict(f.metadata() or {})
+def load_onestep_student(path: str, input_name: str = "student_name") -> tuple[movie.GuidanceAdapter, dict]:
+    """A one-step student file (core.weight_files: safetensors only, every failure named)."""
+    sd, meta = read_weights(path, input_name, "pick a file written by One-Step Distill (train), or copy it again")
+    name = os.path.basename(path)
     if meta.get("format") != STUDENT_FORMAT:
-        raise ValueError(f"student_name: {os.path.basename(path)} is not a one-step student (metadata format "
+        raise ValueError(f"{input_name}: '{name}' is not a one-step student (metadata format "
                          f"{meta.get('format')!r}); pick a file written by One-Step Distill (train). Guidance "
                          "adapters load with Load Guidance Adapter")
-    ad = movie.GuidanceAdapter.from_state(load_file(path), {**meta, "format": movie.ADAPTER_FORMAT},
-                                          source=os.path.basename(path))
+    ad = movie.GuidanceAdapter.from_state(sd, {**meta, "format": movie.ADAPTER_FORMAT}, source=f"{input_name}: '{name}'")
+    if not meta.get("trained_steps", str(TRAINED_STEPS)).isdigit():
+        raise ValueError(f"{input_name}: '{name}' has corrupt metadata (trained_steps {meta['trained_steps']!r}); "
+                         "pick a file written by One-Step Distill (train), or copy it again")
     return ad, meta
 
 

@@ -14,7 +14,6 @@ backward, data draws) is reused from engine_cfg_distill.Distiller, the loop is c
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -27,12 +26,10 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import forward_timestep_embe
 
 from ..core.ddp import ddp_average_grads_, ddp_mean
 from ..core.trainer_loop import run_training_loop
-from ..core.training_runs import check_output_name
 from ..core.weight_deltas import CloneWeight
-from ..host.folders import save_folder
 from ..host.model_family import model_family, unet_of
 from ..host.training_models import plain_model, training_mode
-from ..host.training_ui import run_checkpoint, run_with_live_chart
+from ..host.training_ui import run_files, run_with_live_chart
 from . import guidance as movie, onestep as mo
 from .engine_cfg_distill import DistillData, Distiller
 from .engine_onestep import STUDENT_FOLDER, make_onestep_student, save_onestep_student, teacher_adapter
@@ -386,18 +383,19 @@ class OneStepDistiller(Distiller):
 TRAINER_KIND = "onestep_distill"  # its checkpoints: output/videoedit_training/onestep_distill/<name>/
 
 
-def run_paths(output_name: str) -> tuple[str, str]:
-    """(checkpoint, student file) of the run ``output_name`` (an old-layout one-step checkpoint,
-    <name>/onestep_checkpoint.safetensors, is moved to the new place)."""
-    ckpt = run_checkpoint(TRAINER_KIND, output_name, "onestep_checkpoint.safetensors", "teacher")
-    return ckpt, os.path.join(save_folder(STUDENT_FOLDER), f"{check_output_name(output_name)}.safetensors")
+def run_paths(output_name: str, resume: bool = True, overwrite: bool = False) -> tuple[str, str, dict]:
+    """(checkpoint, student file, its run metadata) of the run ``output_name`` (host.training_ui.run_files:
+    an existing student of that name is refused unless it is this resumed run's own or ``overwrite``;
+    an old-layout one-step checkpoint, <name>/onestep_checkpoint.safetensors, is moved to the new place)."""
+    return run_files(TRAINER_KIND, output_name, "onestep_checkpoint.safetensors", "teacher", STUDENT_FOLDER, resume,
+                     overwrite)
 
 
 def train_and_save(teacher, data: DistillData, cfg: OneStepConfig, ckpt: str, path: str, resume: bool,
-                   node=None, name: str = "", feature_model=None):
+                   node=None, name: str = "", feature_model=None, run_meta: dict | None = None):
     """Stage 4 with progress, cancel and the live chart, save the student; returns (the student
     model, the distiller, the loss history, the step it resumed at)."""
     d = OneStepDistiller(teacher, data, cfg, feature_model=feature_model)
     history, start = run_with_live_chart(d.run, cfg.v_steps + cfg.steps, ckpt, resume, node, name)
-    save_onestep_student(d.adapter, d.fingerprint, cfg, path)
+    save_onestep_student(d.adapter, d.fingerprint, cfg, path, run_meta)
     return make_onestep_student(teacher, d.adapter, {"teacher_adapter": d.fingerprint}), d, history, start

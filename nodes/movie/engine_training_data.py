@@ -1,13 +1,14 @@
 """The training data of MoViE's two trainers (engine): data-free pairs from the user's own frames
 and instructions, or (source, instruction, edited) triples from a dataset folder, encoded once
-with the given CLIP and VAE into a ``DistillData``."""
+with the given CLIP and VAE into a ``DistillData``. The folder and each of its files are resolved by
+``host.folders.data_path``: nothing outside the data folders is read."""
 from __future__ import annotations
 
 import torch
 
 from ..core.edit_datasets import load_image_square, scan_edit_triples
 from ..host.encoding import encode_images, encode_text
-from ..host.folders import input_folder_path
+from ..host.folders import data_path
 from .engine_cfg_distill import DistillData
 
 DATA_MODES = ("my frames (data-free)", "dataset folder")
@@ -47,7 +48,8 @@ def _same_context(ctx, texts):
 
 def folder_data(clip, vae, folder: str, resolution: int) -> DistillData:
     """(source, instruction, edited) triples from a folder (MoViE's data, as in InstructPix2Pix)."""
-    triples = scan_edit_triples(input_folder_path(folder))
+    triples = scan_edit_triples(data_path(folder, "dataset_folder"), file_path=lambda base, name: data_path(
+        name, "dataset_folder", base=base, shown=f"file {name!r} of the dataset"))
     if resolution % 8:
         raise ValueError(f"resolution: {resolution} is not a multiple of 8")
     src = torch.stack([load_image_square(s, resolution) for _, s, _, _ in triples])

@@ -139,6 +139,7 @@ class GuidanceAdapter(nn.Module):
         self.s_i_range = tuple(map(float, s_i_range))
         self.s_t_range = tuple(map(float, s_t_range))
         self.steps = 0
+        self.source = "guidance adapter"  # what errors call it: the loader's input and file name
 
     def add_delta(self, weight_key: str, shape, generator: torch.Generator | None = None,
                   rank: int | None = None):
@@ -181,28 +182,66 @@ class GuidanceAdapter(nn.Module):
 
     @classmethod
     def from_state(cls, sd: dict[str, torch.Tensor], meta: dict[str, str], source: str = "adapter"):
+        """The adapter of a file's tensors and metadata; every inconsistency is a ValueError that
+        starts with ``source`` (the input and file name)."""
         import json
-        if (meta or {}).get("format") != ADAPTER_FORMAT:
+        meta = meta or {}
+        if meta.get("format") != ADAPTER_FORMAT:
             raise ValueError(f"{source}: not a MoViE guidance adapter (metadata format is "
-                             f"{(meta or {}).get('format')!r}); pick a file written by CFG Distill (train)")
-        ad = cls(int(meta["model_channels"]), int(meta["time_embed_dim"]), json.loads(meta["family"]),
-                 kind=meta["kind"], rank=int(meta["rank"]), s_i_range=json.loads(meta["s_i_range"]),
-                 s_t_range=json.loads(meta["s_t_range"]))
-        ad.steps = int(meta.get("steps", 0))
-        ad.embed.load_state_dict({k[len("embed."):]: v for k, v in sd.items() if k.startswith("embed.")})
+                             f"{meta.get('format')!r}); pick a file written by CFG Distill (train)")
+        redo = "pick a file written by CFG Distill (train), or train the adapter again"
+        try:
+            ad = cls(int(meta["model_channels"]), int(meta["time_embed_dim"]), dict(json.loads(meta["family"])),
+                     kind=meta["kind"], rank=int(meta["rank"]), s_i_range=json.loads(meta["s_i_range"]),
+                     s_t_range=json.loads(meta["s_t_range"]))
+            ad.steps = int(meta.get("steps", 0))
+        except (KeyError, ValueError, TypeError) as e:
+            raise ValueError(f"{source}: its metadata is incomplete or corrupt ({type(e).__name__}: {e}); {redo}") from None
+        ad.source = source
+        try:
+            ad.embed.load_state_dict({k[len("embed."):]: v for k, v in sd.items() if k.startswith("embed.")})
+        except RuntimeError as e:
+            raise ValueError(f"{source}: its guidance embedding does not match its metadata (model_channels "
+                             f"{ad.embed.model_channels}, time_embed_dim {ad.embed.time_embed_dim}): "
+                             f"{str(e).splitlines()[-1].strip()[:160]}; {redo}") from None
         keys = sorted({k[len("delta."):].rsplit(".", 1)[0] for k in sd if k.startswith("delta.")})
+        parts = ("up", "down") if ad.kind == "lora" else ("diff",)
         for key in keys:
+            t = [sd.get(f"delta.{key}.{p}") for p in parts]
+            if any(x is None for x in t) or len({k for k in sd if k.startswith(f"delta.{key}.")}) != len(parts):
+                raise ValueError(f"{source}: the delta of {key} does not have exactly the tensors "
+                                 f"{', '.join(parts)} of a {ad.kind} adapter; {redo}")
             if ad.kind == "lora":
-                up, down = sd[f"delta.{key}.up"], sd[f"delta.{key}.down"]
+                up, down = t
+                if up.ndim != 2 or down.ndim != 2 or up.shape[1] != down.shape[0]:
+                    raise ValueError(f"{source}: the LoRA of {key} has up {list(up.shape)} and down "
+                                     f"{list(down.shape)}, which do not multiply; {redo}")
                 ad.add_delta(key, (up.shape[0], down.shape[1]), rank=up.shape[1])
                 d = ad.deltas[key.replace(".", "__")]
+                if d.up.shape != up.shape:  # a rank above the weight's own sides
+                    raise ValueError(f"{source}: the LoRA of {key} has rank {up.shape[1]}, more than its weight's "
+                                     f"sides ({up.shape[0]} x {down.shape[1]}) allow; {redo}")
                 d.up.data.copy_(up)
                 d.down.data.copy_(down)
             else:
-                diff = sd[f"delta.{key}.diff"]
-                ad.add_delta(key, diff.shape)
-                ad.deltas[key.replace(".", "__")].diff.data.copy_(diff)
+                ad.add_delta(key, t[0].shape)
+                ad.deltas[key.replace(".", "__")].diff.data.copy_(t[0])
         return ad
+
+    def misfits(self, weight_shapes: dict[str, tuple]) -> list[str]:
+        """The deltas that do not fit a model with these weight shapes (key -> shape): the weight is
+        missing, or the delta's shape is another (a LoRA of rank r: up [out, r], down [r, in...])."""
+        bad = []
+        for key, d in self.weight_wrappers():
+            shape = weight_shapes.get(key)
+            if shape is None:
+                bad.append(f"{key}: no such weight in the model")
+                continue
+            have = tuple(d.diff.shape) if hasattr(d, "diff") else (d.up.shape[0], d.down.shape[1])
+            want = tuple(shape) if hasattr(d, "diff") else (shape[0], math.prod(shape[1:]))
+            if have != want:
+                bad.append(f"{key}: delta {list(have)} vs weight {list(want)}")
+        return bad
 
 
 def family_mismatch(trained: dict, model: dict) -> list[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 
 from ..host.model_family import require_ip2p
-from ..host.trainer_inputs import node_id, run_inputs, trainer_outputs
+from ..host.trainer_inputs import node_id, overwrite_input, run_inputs, trainer_outputs
 from ..host.training_ui import loss_curve_image, resumed_note
 from . import CATEGORY, engine_cfg_distill as cfg_distill, engine_onestep_distill as onestep_distill
 from .engine_guidance import ADAPTER_FOLDER
@@ -27,7 +27,8 @@ def data_inputs() -> list:
         io.String.Input("instructions", multiline=True, default="make it look like a watercolor painting",
                         tooltip="Data-free mode: the edit instructions you will use, one per line."),
         io.String.Input("dataset_folder", default="",
-                        tooltip="Dataset mode: folder (absolute, or inside ComfyUI's input folder) with "
+                        tooltip="Dataset mode: folder inside ComfyUI's input folder (or in a folder listed under "
+                                "videoedit_datasets in extra_model_paths.yaml) with "
                                 "<id>.txt + <id>_source.png + <id>_edited.png per sample."),
         io.Int.Input("resolution", default=256, min=64, max=2048, step=8,
                      tooltip="Dataset mode: images are center-cropped and resized to this square size."),
@@ -71,6 +72,7 @@ class CFGDistillTrain(io.ComfyNode):
                 *adapter_inputs(),
                 *run_inputs("movie_guidance", f"the adapter in models/{ADAPTER_FOLDER}", cfg_distill.TRAINER_KIND),
                 frames_input(),
+                overwrite_input(f"models/{ADAPTER_FOLDER}"),
             ],
             outputs=trainer_outputs("The distilled student; sample it with CFG-Distilled Guider.", "The loss per step.",
                                     "Where the adapter was saved and the final loss."),
@@ -80,14 +82,14 @@ class CFGDistillTrain(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, data_mode, instructions, dataset_folder, resolution, steps, batch_size,
                 learning_rate, adapter, lora_rank, seed, checkpoint_every, output_name, resume,
-                frames=None) -> io.NodeOutput:
-        ckpt, adapter_path = cfg_distill.run_paths(output_name)
+                frames=None, overwrite=False) -> io.NodeOutput:
         require_ip2p(model)
+        ckpt, adapter_path, run_meta = cfg_distill.run_paths(output_name, resume, overwrite)  # before any work
         data = training_data(clip, vae, data_mode, frames, instructions, dataset_folder, resolution)
         cfg = cfg_distill.DistillConfig(steps=steps, batch_size=batch_size, learning_rate=learning_rate, kind=adapter,
                                         rank=lora_rank, seed=seed, checkpoint_every=checkpoint_every)
         student, ad, history, start = cfg_distill.train_and_save(model, data, cfg, ckpt, adapter_path, resume,
-                                                                 node_id(cls), output_name)
+                                                                 node_id(cls), output_name, run_meta)
         last = f"{history[-1]:.5g}" if history else "n/a"
         text = (f"saved {adapter_path} after {ad.steps} steps ({len(data.x0)} training pairs); final loss {last}"
                 + resumed_note(start))
@@ -136,6 +138,7 @@ class OneStepDistillTrain(io.ComfyNode):
                 io.Model.Input("discriminator_model", optional=True,
                                tooltip="Feature network of the discriminator (its frozen encoder arm); empty: the "
                                        "teacher's own UNet, as in MoViE. Must be an InstructPix2Pix UNet."),
+                overwrite_input(f"models/{STUDENT_FOLDER}"),
             ],
             outputs=trainer_outputs("The one-step student; sample it with One-Step Sampler at 1 step.",
                                     "The loss per step (v-MSE, then the generator loss).",
@@ -147,11 +150,11 @@ class OneStepDistillTrain(io.ComfyNode):
     def execute(cls, model, clip, vae, data_mode, instructions, dataset_folder, resolution, v_steps, steps,
                 batch_size, v_learning_rate, learning_rate, disc_learning_rate, lambda_mse, lambda_gen, lambda_r1,
                 adapter, lora_rank, seed, checkpoint_every, output_name, resume, frames=None,
-                discriminator_model=None) -> io.NodeOutput:
-        ckpt, path = onestep_distill.run_paths(output_name)
+                discriminator_model=None, overwrite=False) -> io.NodeOutput:
         teacher_adapter(model)
         if v_steps + steps < 1:
             raise ValueError("steps: v_steps + steps is 0; train at least one step")
+        ckpt, path, run_meta = onestep_distill.run_paths(output_name, resume, overwrite)  # before any work
         data = training_data(clip, vae, data_mode, frames, instructions, dataset_folder, resolution)
         cfg = onestep_distill.OneStepConfig(
             v_steps=v_steps, steps=steps, batch_size=batch_size, v_learning_rate=v_learning_rate,
@@ -159,7 +162,7 @@ class OneStepDistillTrain(io.ComfyNode):
             lambda_gen=lambda_gen, lambda_r1=lambda_r1, kind=adapter, rank=lora_rank, seed=seed,
             checkpoint_every=checkpoint_every)
         student, d, history, start = onestep_distill.train_and_save(model, data, cfg, ckpt, path, resume, node_id(cls),
-                                                                    output_name, discriminator_model)
+                                                                    output_name, discriminator_model, run_meta)
         last = f"{history[-1]:.5g}" if history else "n/a"
         last_d = f"{d.d_losses[-1]:.4g}" if d.d_losses else "n/a"
         text = (f"saved {path} after {d.adapter.steps} steps ({cfg.v_steps} v-prediction + {cfg.steps} adversarial, "

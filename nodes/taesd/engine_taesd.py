@@ -18,6 +18,7 @@ import comfy.utils
 import folder_paths
 
 from ..core.frame_chunks import frame_chunks
+from ..core.weight_files import read_weights
 
 # variant -> (model family it belongs to, latent channels it encodes to / decodes from)
 TAESD_VARIANTS = {
@@ -79,9 +80,31 @@ def load_taesd(variant: str):
     paths = [folder_paths.get_full_path_or_raise("vae_approx", f) for f in _taesd_files(variant)]
     key = (variant, *((p, os.path.getmtime(p)) for p in paths))
     if key not in _cache:
+        for part, path in zip(("encoder", "decoder"), paths):
+            check_taesd_file(path, variant, part)  # before core's loader, which reports none of this
         _cache.clear()  # a TAESD is small, but keep only the latest one
         _cache[key] = _build_taesd(variant, *paths)
     return _cache[key]
+
+
+def check_taesd_file(path: str, variant: str, part: str) -> None:
+    """A TAESD encoder/decoder file readable (core.weight_files) and shaped as core's TAESD of the
+    variant's latent channels, or a ValueError that names the file and where to get it."""
+    import comfy.taesd.taesd as taesd
+    fix = (f"download {variant}_{part}.safetensors from https://github.com/madebyollin/taesd into models/vae_approx "
+           "and refresh")
+    sd, _ = read_weights(path, "variant", fix, torch_files=True)
+    family, channels = TAESD_VARIANTS[variant]
+    want = (taesd.Encoder if part == "encoder" else taesd.Decoder)(latent_channels=channels).state_dict()  # core's
+    missing = [k for k in want if k not in sd]
+    wrong = [k for k in want if k in sd and tuple(sd[k].shape) != tuple(want[k].shape)]
+    extra = [k for k in sd if k not in want]
+    if missing or wrong or extra:
+        detail = "; ".join(f"{label} {len(keys)} (e.g. {keys[0]}{shape(keys[0])})" for label, keys, shape in (
+            ("missing", missing, lambda k: ""), ("unexpected", extra, lambda k: ""),
+            ("wrong shape", wrong, lambda k: f" {list(sd[k].shape)} vs {list(want[k].shape)}")) if keys)
+        raise ValueError(f"variant: '{os.path.basename(path)}' is not the TAESD {part} of '{variant}' ({family}, "
+                         f"{channels}-channel latents): {detail}; {fix}")
 
 
 def check_latent(samples: torch.Tensor, variant: str) -> None:
