@@ -22,6 +22,8 @@ editing with core nodes, and peak RAM at 16 / 64 / 240 frames.
   the peak is reached). Reported: peak above the RSS at the reset, with the default
   ``keyframe_store`` (auto) at every length and with ``memory`` at the longest.
 - ``--worker full --frames N --steps S``: inverts and edits a whole clip end to end, no cancel.
+- One step by clip length (16 / 64 / 240 frames) and keyframe attention mode, seconds and FLOPs
+  per frame, core per-frame KSamplerAdvanced beside it: ``bench_tokenflow_steps``.
 """
 from __future__ import annotations
 
@@ -257,7 +259,7 @@ def identity_rows(comfy) -> list[list[str]]:
              f"{times[2]:.2f} / {times[3]:.4f}"]]
 
 
-PARTS = ("flops", "recon", "time", "memory", "identity")
+PARTS = ("flops", "recon", "time", "memory", "identity", "lengths")
 
 
 def bench_tokenflow(comfy, repeats: int = 1, size: int = 256, time_frames: int = 4, time_steps: int = 1,
@@ -286,6 +288,9 @@ def bench_tokenflow(comfy, repeats: int = 1, size: int = 256, time_frames: int =
     if "identity" in parts:
         tables.append(print_table(f"Model identity of an inversion, full-size random SD1.5 ({threads})",
                                   ["call", "seconds"], identity_rows(comfy)))
+    if "lengths" in parts:  # one step by clip length and keyframe attention mode (bench_tokenflow_steps)
+        from .bench_tokenflow_steps import steps_table
+        tables.append(steps_table(size, fpc=fpc))
     return "\n".join(tables)
 
 
@@ -332,15 +337,15 @@ def main() -> None:
     ap.add_argument("--fpc", type=int, default=16)
     ap.add_argument("--store", default="auto", choices=["auto", "memory", "disk"], help="the sampler's keyframe_store")
     ap.add_argument("--parts", default="time,memory",
-                    help="without --worker: run these tables (time, memory: they need no in-process ComfyUI)")
+                    help="without --worker: run these tables (time, memory, lengths: they need no in-process ComfyUI)")
     ap.add_argument("--lengths", default="16,64,240", help="frame counts of the memory table")
     a = ap.parse_args()
     if a.worker:
         print(json.dumps(_worker(a.worker, a.frames, a.size, a.steps, a.chunks, a.fpc, a.store)), flush=True)
         return
     parts = a.parts.split(",")
-    if not set(parts) <= {"time", "memory"}:
-        raise SystemExit("--parts: only time and memory run standalone "
+    if not set(parts) <= {"time", "memory", "lengths"}:
+        raise SystemExit("--parts: only time, memory and lengths run standalone "
                          "(flops, recon, identity: ./videoedit bench --only tokenflow)")
     bench_tokenflow(None, size=a.size, time_frames=a.frames, time_steps=a.steps, mem_chunks=a.chunks, fpc=a.fpc,
                     mem_size=a.size, lengths=tuple(int(x) for x in a.lengths.split(",")), parts=parts)

@@ -33,6 +33,42 @@ def count_flops(fn, *args, **kwargs) -> tuple[int, object]:
     return counter.get_total_flops(), out
 
 
+def peak_live_bytes(fn, *args, **kwargs) -> tuple[int, object]:
+    """Peak bytes of the tensors ``fn`` allocates and holds at once (its own working memory, on
+    any device), and its result. Every storage an op creates (not one of its inputs': views and
+    in-place results are no allocation) counts from its creation until Python frees it; the
+    storages of tensors that existed before the call are not counted."""
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    live = {"now": 0, "peak": 0}
+
+    def storages(tree):
+        return [t.untyped_storage() for t in tree_flatten(tree)[0] if isinstance(t, torch.Tensor)]
+
+    def freed(nbytes):
+        live["now"] -= nbytes
+
+    class Tracker(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            seen = {s.data_ptr() for s in storages((args, kwargs))}
+            for st in storages(out):
+                if st.data_ptr() in seen or st.nbytes() == 0:
+                    continue
+                seen.add(st.data_ptr())
+                live["now"] += st.nbytes()
+                weakref.finalize(st, freed, st.nbytes())
+            live["peak"] = max(live["peak"], live["now"])
+            return out
+
+    with Tracker():
+        result = fn(*args, **kwargs)
+    return live["peak"], result
+
+
 def median_seconds(fn, repeats: int = 3, warmup: int = 0) -> float:
     """Median wall time of ``fn()`` over ``repeats`` runs (after ``warmup`` untimed runs)."""
     for _ in range(warmup):

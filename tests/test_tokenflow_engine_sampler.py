@@ -172,6 +172,29 @@ def test_keyframe_pass_one_group_at_a_time_is_the_same_computation(tiny, nodes, 
     torch.testing.assert_close(split, joint, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("pnp", [True, False])
+def test_propagated_frames_skip_their_qkv_projections_for_the_same_edit(tiny, nodes, inverted, monkeypatch, pnp):
+    """In the edit pass of propagated frames every self-attention output is replaced by the
+    keyframes' tokens, so q/k/v are projected for one token per frame only (``qkv_shortcut``):
+    the edit is bit-identical to projecting every token, with and without PnP injection, and the
+    step costs fewer FLOPs (if the shortcut did not fire, the counts would be equal)."""
+    import functools
+    from harness.measure import count_flops
+    from harness.pack import pack_module
+    _, model, conds = tiny
+    _, sampler = nodes
+    inv, _ = inverted
+    kw = {} if pnp else dict(pnp_f_t=0.0, pnp_attn_t=0.0)
+    flops_short, short = count_flops(lambda: _sample(sampler, model, conds, inv, **kw))
+    mod = pack_module(sampler, "tokenflow.engine_sampler")
+    monkeypatch.setattr(mod, "TokenFlowState", functools.partial(mod.TokenFlowState, qkv_shortcut=False))
+    flops_full, full = count_flops(lambda: _sample(sampler, model, conds, inv, **kw))
+    print(f"[propagated q/k/v shortcut, pnp {pnp}] max|diff| {float((short - full).abs().max()):.3e}, "
+          f"FLOPs {flops_short / flops_full:.3f}x")
+    assert torch.equal(short, full)
+    assert flops_short < 0.99 * flops_full  # 0.982x here (tiny model, attention a small share of it)
+
+
 def test_pnp_injection_makes_the_structure_prompt_independent(tiny, nodes):
     """Plug-and-Play injects the *source's* conv features and q/k, which do not depend on the
     edit prompt: two different prompts give closer results with injection than without (a
@@ -329,3 +352,30 @@ def test_cancel_stops_within_one_chunk(tiny, nodes, inverted):
     total = seen[0][1]
     assert total == inv.steps * (3 + 5)  # frame passes: 3 keyframes and 5 frames (chunks of 2), per step
     assert [v for v, _ in seen] == [3, 5]
+
+
+def test_keyframe_window_covering_the_clip_is_the_papers_edit_and_a_narrow_one_is_not(tiny, nodes):
+    """keyframe_attention: auto on a short clip and a window that reaches every keyframe give the
+    all-keyframes edit bit for bit; a window of 1 frame around keyframes 3 frames apart leaves each
+    keyframe attending to itself only, i.e. plain self-attention in the keyframe pass."""
+    _, model, conds = tiny
+    inverter, sampler = nodes
+    inv, _ = inverter.execute(model, conds["source"], _latent(), 2, "ddim_uniform", 0, 16).result  # step 0: PnP
+    paper = _sample(sampler, model, conds, inv, keyframe_attention="all")  # 5 frames, interval 2: 3 keyframes
+    assert torch.equal(_sample(sampler, model, conds, inv), paper)  # auto, window 48: all keyframes
+    wide = _sample(sampler, model, conds, inv, keyframe_attention="window", keyframe_window=4, window_anchor=False)
+    assert torch.equal(wide, paper)
+    narrow = _sample(sampler, model, conds, inv, keyframe_attention="window", keyframe_window=1, window_anchor=False)
+    assert float((narrow - paper).abs().max()) > 1e-4
+    # auto switches by length: 5 frames > 2 * 1 + 1, so window 1 is applied
+    assert torch.equal(_sample(sampler, model, conds, inv, keyframe_window=1, window_anchor=False), narrow)
+    even = dict(keyframes="even", keyframe_interval=3)  # keyframes 1 and 4
+    self_only = _sample(sampler, model, conds, inv, keyframe_attention="window", keyframe_window=1,
+                        window_anchor=False, **even)
+    plain = _sample(sampler, model, conds, inv, extended_attention=False, **even)
+    torch.testing.assert_close(self_only, plain, atol=1e-5, rtol=1e-5)
+    # with the anchor the second keyframe also attends to the first (the first only to itself)
+    anchored = _sample(sampler, model, conds, inv, keyframe_attention="window", keyframe_window=1, **even)
+    assert float((anchored - self_only).abs().max()) > 1e-4
+    with pytest.raises(ValueError, match="keyframe_attention"):
+        _sample(sampler, model, conds, inv, keyframe_attention="nearest")

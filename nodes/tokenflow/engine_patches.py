@@ -17,7 +17,7 @@ import torch
 
 import comfy.ldm.modules.attention as comfy_attention
 
-from . import propagation
+from . import keyframe_window, propagation
 from .token_store import TokenStore
 
 def attention_layers(diffusion_model) -> list[tuple[str, int, int]]:
@@ -69,6 +69,20 @@ class TokenFlowState:
     src_conv: torch.Tensor | None = None
     nn_cache: dict = field(default_factory=dict)
     split_groups: bool = True  # keyframe pass: one conditioning group per UNet call (same result, half the peak)
+    # edit pass of propagated frames: q/k/v projected for one token per frame, since the layer's
+    # output is replaced by the keyframes' tokens (same result, 3 of the 4 projections skipped)
+    qkv_shortcut: bool = True
+    # extended attention's reach (keyframe_window): "all" keyframes (Eq. 3-4) or a window of
+    # frames around each keyframe, with the clip's first keyframe as anchor; the step's calls
+    attention_mode: str = "all"
+    window: int = 0
+    anchor: bool = True
+    attn_groups: list | None = None
+
+    def set_keyframes(self, keyframes: torch.Tensor) -> None:
+        """The step's keyframes -> which keyframes each one attends to in the keyframe pass."""
+        self.attn_groups = keyframe_window.keyframe_groups(keyframes, self.attention_mode, self.window, self.anchor,
+                                                           self.frames_per_chunk)
 
     def clear_step(self):
         self.store.clear(), self.frame_src.clear(), self.src_qk.clear()
@@ -77,13 +91,19 @@ class TokenFlowState:
 
     # ------------------------------------------------------------------ the patches
     def attn1_patch(self, n, context, value, extra_options):
-        """Keeps the self-attention input tokens of the source pass (the NN features)."""
+        """Keeps the self-attention input tokens of the source pass (the NN features). In the edit
+        pass of propagated frames the layer's output is the keyframes' tokens (``_propagated``),
+        which never reads q, k or v: the block's q/k/v projections then get one token per frame
+        instead of all of them (3 of the 4 projections of every self-attention, for nothing)."""
         if self.phase == "source":
             layer = _layer_key(extra_options)
             if self.target == "keys":
                 self.store.put(("src", layer), n)
             else:
                 self.frame_src[layer] = n.detach()
+        elif self.phase == "frames" and self.propagate and self.qkv_shortcut:
+            one = n[:, :1]
+            return one, one, one
         return n, context, value
 
     def attn1_replace(self, q, k, v, extra_options):
@@ -109,7 +129,7 @@ class TokenFlowState:
                 if inject:
                     qp, kp = self.store.get(("q", layer)), self.store.get(("k", layer))
                 if self.extended:
-                    o = propagation.extended_attention(qp, kp, vp, heads, self.frames_per_chunk)
+                    o = propagation.extended_attention(qp, kp, vp, heads, self.frames_per_chunk, self.attn_groups)
                 else:
                     o = _attention(qp, kp, vp, heads, extra_options)
                 self.store.put(("out", label, layer), o)

@@ -46,6 +46,7 @@ from ..host.progress import SamplingProgress
 from . import ddim, propagation
 from ..host.model_identity import identity_differences, model_identity, parse_identity
 from .engine_inversion import FrameSelector, Inversion, check_model_sampling
+from .keyframe_window import resolve_mode as resolve_attention_mode
 from .engine_patches import TokenFlowState, patch_model
 from .token_store import TokenStore, choose_place
 
@@ -168,6 +169,7 @@ def tokenflow_sample(model, positive, negative, cfg: float, inv: Inversion, star
                     state.inject_conv = pnp_f_t > 0 and propagation.pnp_inject(traj_i, inv.steps, pnp_f_t)
                     state.inject_attn = pnp_attn_t > 0 and propagation.pnp_inject(traj_i, inv.steps, pnp_attn_t)
                     keyframes = propagation.sample_keyframes(n, interval, gen, keyframe_mode)
+                    state.set_keyframes(keyframes)
                     needs_source = state.propagate or state.inject_conv or state.inject_attn
                     src = inv.trajectory[traj_i]
                     if state.propagate or state.extended or state.inject_attn or state.inject_conv:
@@ -218,7 +220,8 @@ def tokenflow_sample(model, positive, negative, cfg: float, inv: Inversion, star
 
 def edit_video(model, positive, negative, inversion, cfg, keyframe_interval, keyframes, seed, propagate,
                extended_attention, pnp_f_t, pnp_attn_t, denoise, frames_per_chunk, keyframe_store="auto",
-               sigmas=None, sampler=None, start_latent=None) -> torch.Tensor:
+               sigmas=None, sampler=None, start_latent=None, keyframe_attention="auto", keyframe_window=48,
+               window_anchor=True) -> torch.Tensor:
     """The TokenFlow Keyframe Sampler: checks, the start latent (SDEdit below denoise 1), the patched
     clone, the loop. Returns LATENT-space samples."""
     check_model_sampling(model)
@@ -226,6 +229,7 @@ def edit_video(model, positive, negative, inversion, cfg, keyframe_interval, key
     check_inversion(inversion, model, sigmas, start_latent)
     n = inversion.trajectory.shape[1]
     check_conds(positive, negative, n, frames_per_chunk)
+    attention_mode = resolve_attention_mode(keyframe_attention, n, keyframe_window)
     steps = inversion.steps
     start = steps - max(1, min(steps, int(round(denoise * steps))))
     lf = model.get_model_object("latent_format")
@@ -244,7 +248,8 @@ def edit_video(model, positive, negative, inversion, cfg, keyframe_interval, key
         place = choose_place(keyframe_store, n, frames_per_chunk, comfy.model_management.get_torch_device())
         state = TokenFlowState(propagate=propagate, extended=extended_attention,
                                frames_per_chunk=frames_per_chunk, src_context=inversion.source_context,
-                               store=TokenStore(place, folder_paths.get_temp_directory()))
+                               store=TokenStore(place, folder_paths.get_temp_directory()),
+                               attention_mode=attention_mode, window=keyframe_window, anchor=window_anchor)
         work = patch_model(model, state, pnp)
     return tokenflow_sample(work, positive, negative, cfg, inversion, start, start_latent, state,
                             frames_per_chunk, keyframe_interval, keyframes, seed, pnp_f_t, pnp_attn_t)

@@ -68,7 +68,8 @@ class KeyframeSampler(CheckedNode):
                 "the keyframes' self-attention tokens propagated along nearest-neighbour correspondences of the "
                 "source frames, so the edit stays consistent over time. Optional Plug-and-Play injection of the "
                 "source's conv features and self-attention q/k keeps the structure; denoise < 1 starts from "
-                "partial noise (SDEdit). Uses the inversion's sigmas; the input model is not modified."),
+                "partial noise (SDEdit). On long clips a keyframe attention window keeps the cost per frame flat. "
+                "Uses the inversion's sigmas; the input model is not modified."),
             inputs=[
                 io.Model.Input("model", tooltip="The model the inversion was made with."),
                 io.Conditioning.Input("positive", tooltip="The edit prompt (or InstructPix2PixConditioning's positive)."),
@@ -106,6 +107,20 @@ class KeyframeSampler(CheckedNode):
                                        "offloaded (a temp file in ComfyUI's temp folder on CPU, CPU RAM from a GPU), "
                                        "so long clips need no more memory than short ones; memory: always where the "
                                        "model runs (fastest); disk: always a temp file. The result is the same."),
+                io.Combo.Input("keyframe_attention", options=["auto", "all", "window"], default="auto",
+                               tooltip="Which keyframes each keyframe attends to in extended attention. all: every "
+                                       "keyframe of the clip (the paper; its cost grows with the square of the clip "
+                                       "length); window: those within keyframe_window frames (plus the first keyframe "
+                                       "with window_anchor), so long clips cost the same per frame as short ones; "
+                                       "auto: all up to 2 x keyframe_window + 1 frames (97 at the default), window "
+                                       "beyond. Up to that length the result is the paper's."),
+                io.Int.Input("keyframe_window", default=48, min=1, max=4096,
+                             tooltip="Window mode: a keyframe attends to the keyframes at most this many frames "
+                                     "before or after it (48: about 13 keyframes at interval 8). Windows overlap, so "
+                                     "the joint edit carries along the clip; larger is closer to the paper, slower."),
+                io.Boolean.Input("window_anchor", default=True,
+                                 tooltip="Window mode: every keyframe also attends to the clip's first keyframe, one "
+                                         "shared reference that keeps distant parts of a long clip alike."),
                 io.Sigmas.Input("sigmas", optional=True,
                                 tooltip="Optional check: must equal the inversion's sigmas (same steps/scheduler)."),
                 io.Sampler.Input("sampler", optional=True,
@@ -121,11 +136,12 @@ class KeyframeSampler(CheckedNode):
     @classmethod
     def execute(cls, model, positive, negative, inversion, cfg, keyframe_interval, keyframes, seed, propagation,
                 extended_attention, pnp_f_t, pnp_attn_t, denoise, frames_per_chunk, keyframe_store="auto",
+                keyframe_attention="auto", keyframe_window=48, window_anchor=True,
                 sigmas=None, sampler=None, start_latent=None) -> io.NodeOutput:
         return io.NodeOutput({"samples": engine_sampler.edit_video(
             model, positive, negative, inversion, cfg, keyframe_interval, keyframes, seed, propagation,
             extended_attention, pnp_f_t, pnp_attn_t, denoise, frames_per_chunk, keyframe_store, sigmas, sampler,
-            start_latent)})
+            start_latent, keyframe_attention, keyframe_window, window_anchor)})
 
 
 class SaveInversion(CheckedNode):

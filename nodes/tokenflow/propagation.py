@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from ..core.frame_chunks import frame_chunks
+from .keyframe_window import all_keyframes_groups
 
 
 # ------------------------------------------------------------------------ keyframes
@@ -123,23 +124,38 @@ def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def extended_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-                       frames_per_chunk: int | None = None) -> torch.Tensor:
+                       frames_per_chunk: int | None = None, groups=None) -> torch.Tensor:
     """Eq. 3-4: each keyframe's queries attend to the keys/values of all keyframes.
 
     ``q, k, v``: [K, L, C] (K keyframes, L tokens, C = heads * head_dim), already projected.
     Returns [K, L, C] (before the output projection), ``softmax(Q^i [K^1..K^K]^T / sqrt(d))
     [V^1..V^K]`` per head. Queries are processed ``frames_per_chunk`` keyframes at a time
     (default: all) to bound the attention matrix.
+
+    ``groups`` (``keyframe_window.keyframe_groups``): instead, each group's query keyframes
+    (``.queries``, a slice) attend to the keyframes ``.keys`` (sorted slots, gathered in that
+    order; ``None``: all keyframes, exactly as above), so a keyframe window bounds every call's
+    keys and the cost is linear in K.
     """
     kf = q.shape[0]
-    k_all = _split_heads(rearrange(k, "k l c -> 1 (k l) c"), heads)  # [1, h, K*L, d]: all keyframes' tokens
-    v_all = _split_heads(rearrange(v, "k l c -> 1 (k l) c"), heads)
+    if groups is None:
+        groups = all_keyframes_groups(kf, frames_per_chunk or kf)
+    k_all = v_all = None
     out = torch.empty_like(q)
-    for sl in frame_chunks(kf, frames_per_chunk or kf):
-        qs = _split_heads(q[sl], heads)  # [b, h, L, d]
+    for group in groups:
+        if group.keys is None:
+            if k_all is None:  # all keyframes' tokens: [1, h, K*L, d]
+                k_all = _split_heads(rearrange(k, "k l c -> 1 (k l) c"), heads)
+                v_all = _split_heads(rearrange(v, "k l c -> 1 (k l) c"), heads)
+            kg, vg = k_all, v_all
+        else:
+            idx = group.keys.to(k.device)
+            kg = _split_heads(rearrange(k.index_select(0, idx), "k l c -> 1 (k l) c"), heads)
+            vg = _split_heads(rearrange(v.index_select(0, idx), "k l c -> 1 (k l) c"), heads)
+        qs = _split_heads(q[group.queries], heads)  # [b, h, L, d]
         b = qs.shape[0]
-        o = F.scaled_dot_product_attention(qs, k_all.expand(b, -1, -1, -1), v_all.expand(b, -1, -1, -1))
-        out[sl] = rearrange(o, "b h l d -> b l (h d)")
+        o = F.scaled_dot_product_attention(qs, kg.expand(b, -1, -1, -1), vg.expand(b, -1, -1, -1))
+        out[group.queries] = rearrange(o, "b h l d -> b l (h d)")
     return out
 
 
