@@ -6,24 +6,12 @@ shipped template."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from test_workflow_api import ROOT, _data, core  # noqa: F401  the recorded current-core definitions (tests/data)
 
 from harness.prompt_inputs import invalid_inputs
 from harness.workflow_api import VIRTUAL_NODES
-
-ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(__file__).resolve().parent / "data"
-
-
-def _data(name):
-    return json.loads((DATA / name).read_text())
-
-
-@pytest.fixture(scope="module")
-def core():
-    return _data("current_core_object_info.json")["object_info"]
 
 
 @pytest.fixture()
