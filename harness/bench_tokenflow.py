@@ -139,17 +139,25 @@ def reconstruction_rows(size: int = 256, frames: int = 8) -> tuple[list[list[str
 
 # ---------------------------------------------------------------------------- workers
 
-def _worker(job: str, frames: int, size: int, steps: int, chunks: int, fpc: int, store: str = "auto") -> dict:
+def worker_session():
+    """In a bench worker process: boots the embedded ComfyUI on the bench base and returns the
+    full-size random SD1.5 model, the source / edit / negative conditionings (every TokenFlow
+    worker edits the same way) and the node classes."""
     from .bench import BENCH_BASE
     from .embedded import boot_in_process, use_comfy
     use_comfy(BENCH_BASE)
     comfy_h = boot_in_process(BENCH_BASE)
-    import comfy.model_management as mm
-    import comfy.utils
     nc = comfy_h.node_classes
     model, clip, _ = _load_sd15(comfy_h)
     enc = nc["CLIPTextEncode"]()
-    src, pos, neg = (enc.encode(clip, t)[0] for t in ("a photo of a man", "a marble statue", "blurry"))
+    conds = tuple(enc.encode(clip, t)[0] for t in ("a photo of a man", "a marble statue", "blurry"))
+    return model, conds, nc
+
+
+def _worker(job: str, frames: int, size: int, steps: int, chunks: int, fpc: int, store: str = "auto") -> dict:
+    model, (src, pos, neg), nc = worker_session()
+    import comfy.model_management as mm  # after the boot: it puts ComfyUI on the path
+    import comfy.utils
     inverter, sampler = nc["VideoEditTokenFlowDDIMInverter"], nc["VideoEditTokenFlowKeyframeSampler"]
     g = torch.Generator().manual_seed(0)
     lat = size // 8

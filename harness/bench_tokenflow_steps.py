@@ -65,21 +65,14 @@ def step_worker(frames: int, size: int, mode: str, window: int, fpc: int, count:
                 profile_dir: str | None = None, repeats: int = 1) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .bench import BENCH_BASE
-    from .bench_tokenflow import _load_sd15
-    from .embedded import boot_in_process, use_comfy
+    from .bench_tokenflow import worker_session
     from .pack import import_pack, pack_module
-    use_comfy(BENCH_BASE)
-    comfy_h = boot_in_process(BENCH_BASE)
-    import comfy.model_management as mm
+    model, (src, pos, neg), nc = worker_session()
+    import comfy.model_management as mm  # after the boot: it puts ComfyUI on the path
     import comfy.utils
+    inverter, sampler = nc["VideoEditTokenFlowDDIMInverter"], nc["VideoEditTokenFlowKeyframeSampler"]
     import_pack()
     from videoedit.nodes.tokenflow import keyframe_window, propagation
-    nc = comfy_h.node_classes
-    model, clip, _ = _load_sd15(comfy_h)
-    enc = nc["CLIPTextEncode"]()
-    src, pos, neg = (enc.encode(clip, t)[0] for t in ("a photo of a man", "a marble statue", "blurry"))
-    inverter, sampler = nc["VideoEditTokenFlowDDIMInverter"], nc["VideoEditTokenFlowKeyframeSampler"]
     g = torch.Generator().manual_seed(0)
     lat = size // 8
     chunks = -(-frames // fpc)

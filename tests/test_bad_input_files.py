@@ -326,11 +326,19 @@ def test_keys_core_does_not_apply_are_an_error(comfy, parts, monkeypatch):
                                     "videoedit_features", "optical_flow"])
 def test_traversal_in_a_loaders_name(comfy, parts, guarded, folder):
     """A prompt sent through the API is not limited to the combo's list: an absolute name or one with
-    '..' is refused (never resolved against the disk), naming the input."""
+    '..' is refused (never resolved against the disk), naming the input. Two layers: the node refuses
+    a value its list does not hold (host.checked_node), and beneath it host.folders refuses such a
+    name for any caller that passes no list (the feature network's loader has none)."""
+    from videoedit.nodes.host.folders import model_file_path
     _, input_name, _, load = _loaders(comfy, parts)[folder]
     guarded.snapshot()
     empty = ("",) if folder not in ("videoedit_features", "optical_flow") else ()  # there: the default choice
     for bad in ("../../../../etc/passwd", "/etc/passwd", "sub/../../x.safetensors", *empty):
-        with pytest.raises(ValueError, match=rf"{input_name}: '{re.escape(bad)}' is not a file name of models/{folder} "
-                                             r"\(no absolute paths, no '..'\); pick a file from the list"):
+        path_message = (rf"{input_name}: '{re.escape(bad)}' is not a file name of models/{folder} "
+                        r"\(no absolute paths, no '..'\); pick a file from the list")
+        node_message = path_message if folder == "videoedit_features" else \
+            rf"^{input_name}: '{re.escape(bad)}' is not one of its options \(.*\); pick one from the node's list"
+        with pytest.raises(ValueError, match=node_message):
             load(bad)
+        with pytest.raises(ValueError, match=path_message):
+            model_file_path(folder, bad, input_name)
