@@ -118,7 +118,7 @@ def test_cancel_during_the_run_stops_at_the_next_chunk(node, clip, cancel_at):
     import comfy.model_management as mm
     seen = cancel_at(1)
     with pytest.raises(mm.InterruptProcessingException):
-        node.execute(clip, clip, "known pan", "anything", 2, 1, 1)  # 4 pairs, one per chunk
+        node.execute(clip, clip, "known pan", _options(node)[0], 2, 1, 1)  # 4 pairs, one per chunk
     assert seen == [(1, 4)]
 
 
