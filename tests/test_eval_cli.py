@@ -35,8 +35,9 @@ def eval_base(tmp_path_factory):
     from harness import embedded, fixtures
     base = embedded.prepare_base_dir(tmp_path_factory.mktemp("eval") / "base")
     fixtures.install_all(base)
-    # A refusal probe: the three tensors ComfyUI's loader reads to build a ViT-L/14 vision model (the
-    # CLIP Score node refuses SD1.5's text encoder before any image is encoded, so it never runs).
+    # A refusal probe: the three tensors ComfyUI's loader reads to build a ViT-L/14 vision model. The
+    # template's model is SD2.1 base (OpenCLIP ViT-H/14 text encoder): not the same CLIP as ViT-L, so
+    # the CLIP Score node refuses the pair from the shapes before any image is encoded (it never runs).
     (base / "models" / "clip_vision").mkdir(parents=True, exist_ok=True)
     save_file({"vision_model.encoder.layers.22.layer_norm1.weight": torch.ones(1024),
                "vision_model.encoder.layers.0.layer_norm1.weight": torch.ones(1024),
@@ -80,7 +81,8 @@ def test_compare_tokenflow_with_per_frame_end_to_end(eval_base, clip_mp4, tmp_pa
     # the decoded h264 sample clip against its own exact pan: only compression noise is left
     assert source["warp_error"] < 1e-3
     assert tokenflow["warp_error_per_pair"] != per_frame["warp_error_per_pair"]   # the variant really ran
-    assert "without its text projection" in report["clip_skipped"]
+    assert "are not two towers of one CLIP model" in report["clip_skipped"]
+    assert "text encoder (OpenCLIP ViT-H/14 (LAION-2B))" in report["clip_skipped"]
     assert "CLIP score: " in r.stdout and "TokenFlow (tokenflow_pnp_edit)" in r.stdout
     for name in ("tokenflow.mp4", "per_frame.mp4"):
         frames, _ = read_video(out / name)
