@@ -107,18 +107,18 @@ class KeyframeSampler(CheckedNode):
                                        "offloaded (a temp file in ComfyUI's temp folder on CPU, CPU RAM from a GPU), "
                                        "so long clips need no more memory than short ones; memory: always where the "
                                        "model runs (fastest); disk: always a temp file. The result is the same."),
-                io.Combo.Input("keyframe_attention", options=["auto", "all", "window"], default="auto",
+                io.Combo.Input("keyframe_attention", options=["auto", "all", "window"], default="auto", optional=True,
                                tooltip="Which keyframes each keyframe attends to in extended attention. all: every "
                                        "keyframe of the clip (the paper; its cost grows with the square of the clip "
                                        "length); window: those within keyframe_window frames (plus the first keyframe "
                                        "with window_anchor), so long clips cost the same per frame as short ones; "
                                        "auto: all up to 2 x keyframe_window + 1 frames (97 at the default), window "
                                        "beyond. Up to that length the result is the paper's."),
-                io.Int.Input("keyframe_window", default=48, min=1, max=4096,
+                io.Int.Input("keyframe_window", default=48, min=1, max=4096, optional=True,
                              tooltip="Window mode: a keyframe attends to the keyframes at most this many frames "
                                      "before or after it (48: about 13 keyframes at interval 8). Windows overlap, so "
                                      "the joint edit carries along the clip; larger is closer to the paper, slower."),
-                io.Boolean.Input("window_anchor", default=True,
+                io.Boolean.Input("window_anchor", default=True, optional=True,
                                  tooltip="Window mode: every keyframe also attends to the clip's first keyframe, one "
                                          "shared reference that keeps distant parts of a long clip alike."),
                 io.Sigmas.Input("sigmas", optional=True,
