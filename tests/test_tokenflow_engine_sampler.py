@@ -264,7 +264,7 @@ def test_odd_sizes_and_zero_frames(tiny, nodes):
     assert inv.trajectory.shape == (3, 3, 4, 9, 7) and noised["samples"].shape == (3, 4, 9, 7)
     out = _sample(sampler, model, conds, inv, frames_per_chunk=2)
     assert out.shape == (3, 4, 9, 7) and torch.isfinite(out).all()
-    with pytest.raises(ValueError, match="latent: the batch holds zero frames; encode a video with at least one"):
+    with pytest.raises(ValueError, match="^latent: the clip has zero frames; connect frames of a video"):  # checked_node
         inverter.execute(model, conds["source"], {"samples": torch.zeros(0, 4, 8, 8)}, 2, "normal", 0, 16)
 
 
