@@ -63,10 +63,7 @@ def tensor_digest(t: torch.Tensor) -> str:
         h.update(c.reshape(-1).view(torch.uint8).numpy().data)
     digest = h.hexdigest()
     key = id(t)
-    try:
-        _TENSORS[key] = (weakref.ref(t, lambda _ref: _TENSORS.pop(key, None)), version, digest)
-    except TypeError:  # a tensor type without weak references: not cached
-        pass
+    _TENSORS[key] = (weakref.ref(t, lambda _ref: _TENSORS.pop(key, None)), version, digest)
     return digest
 
 
