@@ -139,6 +139,30 @@ def reconstruction_rows(size: int = 256, frames: int = 8) -> tuple[list[list[str
 
 # ---------------------------------------------------------------------------- workers
 
+def run_cancelled_after(run, updates: int) -> int:
+    """Run ``run()`` (a Keyframe Sampler edit) until its progress bar has moved ``updates`` times
+    (host.progress: once for a step's keyframe pass, once per chunk of frames), then press
+    ComfyUI's Cancel, which the sampler honours before its next chunk. Returns the progress value
+    reached (frame passes: steps x (keyframes + frames) in all)."""
+    import comfy.model_management as mm
+    import comfy.utils
+    seen = []
+
+    def hook(value, total, preview, node_id=None):
+        seen.append(value)
+        if len(seen) >= updates:
+            mm.interrupt_current_processing(True)
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        run()
+    except mm.InterruptProcessingException:
+        pass
+    finally:
+        mm.interrupt_current_processing(False)
+        comfy.utils.set_progress_bar_global_hook(None)
+    return seen[-1] if seen else 0
+
+
 def worker_session():
     """In a bench worker process: boots the embedded ComfyUI on the bench base and returns the
     full-size random SD1.5 model, the source / edit / negative conditionings (every TokenFlow
@@ -156,8 +180,6 @@ def worker_session():
 
 def _worker(job: str, frames: int, size: int, steps: int, chunks: int, fpc: int, store: str = "auto") -> dict:
     model, (src, pos, neg), nc = worker_session()
-    import comfy.model_management as mm  # after the boot: it puts ComfyUI on the path
-    import comfy.utils
     inverter, sampler = nc["VideoEditTokenFlowDDIMInverter"], nc["VideoEditTokenFlowKeyframeSampler"]
     g = torch.Generator().manual_seed(0)
     lat = size // 8
@@ -206,23 +228,10 @@ def _worker(job: str, frames: int, size: int, steps: int, chunks: int, fpc: int,
         traj_bytes = traj.numel() * 4
         base = _vm("VmRSS")
         _reset_peak()
-        seen = {"n": 0}
-
-        def hook(value, total, preview, node_id=None):
-            seen["n"] = value
-            if value >= chunks:
-                mm.interrupt_current_processing(True)
-        comfy.utils.set_progress_bar_global_hook(hook)
         t = time.perf_counter()
-        try:
-            sample(inv, fpc)
-        except mm.InterruptProcessingException:
-            pass
-        finally:
-            mm.interrupt_current_processing(False)
-            comfy.utils.set_progress_bar_global_hook(None)
+        reached = run_cancelled_after(lambda: sample(inv, fpc), 1 + chunks)  # keyframe pass + `chunks` chunks
         out.update(seconds=time.perf_counter() - t, extra_bytes=_vm("VmHWM") - base, store_bytes=traj_bytes,
-                   chunks_run=seen["n"], cancelled_after=seen["n"])
+                   chunks_run=chunks, cancelled_after=reached)
         return out
 
 

@@ -65,11 +65,9 @@ def step_worker(frames: int, size: int, mode: str, window: int, fpc: int, count:
                 profile_dir: str | None = None, repeats: int = 1) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .bench_tokenflow import worker_session
+    from .bench_tokenflow import run_cancelled_after, worker_session
     from .pack import import_pack, pack_module
     model, (src, pos, neg), nc = worker_session()
-    import comfy.model_management as mm  # after the boot: it puts ComfyUI on the path
-    import comfy.utils
     inverter, sampler = nc["VideoEditTokenFlowDDIMInverter"], nc["VideoEditTokenFlowKeyframeSampler"]
     import_pack()
     from videoedit.nodes.tokenflow import keyframe_window, propagation
@@ -82,18 +80,8 @@ def step_worker(frames: int, size: int, mode: str, window: int, fpc: int, count:
                                keyframe_store="auto", keyframe_attention=mode, keyframe_window=window,
                                window_anchor=True).result[0]
 
-    def first_step(inv):
-        def hook(value, total, preview, node_id=None):
-            if value >= chunks:  # every chunk of step 0 has run: stop at the next step's check
-                mm.interrupt_current_processing(True)
-        comfy.utils.set_progress_bar_global_hook(hook)
-        try:
-            edit(inv, fpc)
-        except mm.InterruptProcessingException:
-            pass
-        finally:
-            mm.interrupt_current_processing(False)
-            comfy.utils.set_progress_bar_global_hook(None)
+    def first_step(inv):  # the keyframe pass and every chunk of step 0
+        run_cancelled_after(lambda: edit(inv, fpc), 1 + chunks)
 
     # what the first step attends to (the sampler draws its keyframes from the same seed)
     kf = propagation.sample_keyframes(frames, 8, torch.Generator().manual_seed(0), "random")
