@@ -61,6 +61,55 @@ def _profiled(fn, out_dir: str | None, name: str):
     return seconds
 
 
+class UNetCallTimes:
+    """Forward hooks on the diffusion model timing every UNet call (batch size, the conditioning
+    groups, seconds): a step's calls sum to the step, so they say where its time went without
+    a profiler's overhead. Uninstalled with ``remove``."""
+
+    def __init__(self, diffusion_model):
+        self.calls, self._t = [], 0.0
+        self._hooks = [diffusion_model.register_forward_pre_hook(self._pre, with_kwargs=True),
+                       diffusion_model.register_forward_hook(self._post, with_kwargs=True)]
+
+    def _pre(self, module, args, kwargs):
+        self._t = time.perf_counter()
+
+    def _post(self, module, args, kwargs, out):
+        groups = list(kwargs.get("transformer_options", {}).get("cond_or_uncond") or [])
+        self.calls.append([int(args[0].shape[0]), groups, time.perf_counter() - self._t])
+
+    def take(self) -> list:
+        calls, self.calls = self.calls, []
+        return calls
+
+    def remove(self) -> None:
+        for h in self._hooks:
+            h.remove()
+
+
+def unet_batch_scan(size: int, batches=(1, 2, 6, 16, 32)) -> dict:
+    """Seconds per frame of one plain UNet call (the full-size random SD1.5, one text context)
+    by batch size: how much a small batch costs per frame on this machine. Best of 2 after a warm-up."""
+    from .bench_tokenflow import worker_session
+    model, (_, pos, _), _ = worker_session()  # boots the embedded ComfyUI: comfy importable after it
+    import comfy.model_management as mm
+    mm.load_models_gpu([model])
+    dm, dev = model.model.diffusion_model, mm.get_torch_device()
+    out = {}
+    with torch.inference_mode():
+        for b in batches:
+            x = torch.randn(b, 4, size // 8, size // 8, device=dev)
+            t, ctx = torch.full((b,), 500.0, device=dev), pos[0][0].to(dev).expand(b, -1, -1)
+            dm(x, t, context=ctx)
+            times = []
+            for _ in range(2):
+                start = time.perf_counter()
+                dm(x, t, context=ctx)
+                times.append(time.perf_counter() - start)
+            out[b] = min(times) / b
+    return out
+
+
 def step_worker(frames: int, size: int, mode: str, window: int, fpc: int, count: bool, core: bool,
                 profile_dir: str | None = None, repeats: int = 1) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
@@ -111,6 +160,7 @@ def step_worker(frames: int, size: int, mode: str, window: int, fpc: int, count:
                 "core": lambda: nc["KSamplerAdvanced"]().sample(
                     model, "disable", 0, 2, 7.5, "ddim", "ddim_uniform", pos, neg, start, 0, 1, "disable")}
         names = ("sampler", "sampler_full_qkv", "core") if core else ("sampler",)
+        timer = UNetCallTimes(model.model.diffusion_model)
         for rep in range(repeats):  # the runs alternate, so all see the same machine
             for name in names:
                 load, cpu = os.getloadavg()[0], time.process_time()
@@ -125,7 +175,8 @@ def step_worker(frames: int, size: int, mode: str, window: int, fpc: int, count:
                     wall = _profiled(runs[name], profiled, name)
                 out.setdefault(f"{name}_runs", []).append(
                     {"wall": wall, "cpu": time.process_time() - cpu, "load": [load, os.getloadavg()[0]],
-                     "profiled": bool(profiled) and not counted})
+                     "profiled": bool(profiled) and not counted, "unet_calls": timer.take()})
+        timer.remove()
     for name in ("sampler", "sampler_full_qkv", "core"):
         if f"{name}_runs" in out:
             out[f"{name}_seconds"] = statistics.median(r["wall"] for r in out[f"{name}_runs"])
@@ -250,6 +301,13 @@ def steps_table(size: int = 256, rows=ROWS, window: int = 48, fpc: int = 16, res
                       f"{s_cpu / c_cpu:.2f}x)", "", f"{min(loads):.1f}-{max(loads):.1f}"])
     for line in check:
         print(f"[bench tokenflow steps] check: {line}", flush=True)
+    for key in ("sampler_runs", "core_runs"):  # where the first row's uncounted steps went, call by call
+        for i, run in enumerate(u for u in lead.get(key, []) if not u.get("profiled") and u.get("unet_calls")):
+            if key == "sampler_runs" and i == 0:
+                continue  # the FLOP-counted run
+            calls = ", ".join(f"{b} frames {g} {sec:.2f} s ({sec / b:.3f}/frame)" for b, g, sec in run["unet_calls"])
+            print(f"[bench tokenflow steps] UNet calls of one {key.split('_')[0]} step ({first[0]} frames, "
+                  f"{run['wall']:.1f} s): {calls}", flush=True)
     return print_table(
         f"One Keyframe Sampler step (PnP) by clip length, full-size random SD1.5, {size}x{size}, interval 8, "
         f"keyframe_window {window}, frames_per_chunk {fpc}, cfg 7.5 ({lead['threads']} threads)",
@@ -272,7 +330,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="timed runs (sampler and core alternating; median)")
     ap.add_argument("--rows", help="table rows as FRAMES:MODE,... (default: the bench's)")
     ap.add_argument("--results", help="JSON lines of rows measured earlier ([bench tokenflow steps] lines)")
+    ap.add_argument("--unet-batches", help="instead: seconds per frame of one plain UNet call at these batch "
+                                           "sizes (e.g. 1,2,6,16,32), in this process")
     a = ap.parse_args()
+    if a.unet_batches:
+        scan = unet_batch_scan(a.size, tuple(int(b) for b in a.unet_batches.split(",")))
+        print_table(f"Plain UNet call, full-size random SD1.5, {a.size}x{a.size}, by batch size "
+                    f"({torch.get_num_threads()} threads)", ["batch", "s per frame"],
+                    [[b, f"{sec:.3f}"] for b, sec in scan.items()])
+        return
     if a.worker:
         print(json.dumps(step_worker(a.frames, a.size, a.mode, a.window, a.fpc, a.count, a.core, a.profile,
                                      a.repeats)), flush=True)
