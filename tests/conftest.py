@@ -97,6 +97,20 @@ def sample_clip(comfy_server):
                            num_frames=8, height=64, width=64)
 
 
+@pytest.fixture(scope="session")
+def tiny_sd15(comfy):
+    """A tiny SD1.5-shaped model (random weights, seed 3) and its conditionings ``source``,
+    ``edit`` and ``neg`` (tiny CLIP): the TokenFlow tests' model. Shared, so never mutate it
+    (patches go on a clone, as in the pack)."""
+    from harness.fixtures import build_clip, build_model, tiny_unet_config
+    model = build_model(tiny_unet_config(), seed=3)
+    clip = build_clip(tiny=True)
+    enc = comfy.node_classes["CLIPTextEncode"]()
+    conds = {name: enc.encode(clip, text)[0] for name, text in
+             (("source", "a photo of a man"), ("edit", "a watercolor painting of a robot"), ("neg", "blurry"))}
+    return model, conds
+
+
 # ------------------------------------------------------------- progress and cancel
 @pytest.fixture
 def cancel_at(comfy, monkeypatch):

@@ -19,17 +19,6 @@ def _no_grad():
         yield
 
 
-@pytest.fixture(scope="module")
-def tiny(comfy):
-    from harness.fixtures import build_clip, build_model, tiny_unet_config
-    model = build_model(tiny_unet_config(), seed=3)
-    clip = build_clip(tiny=True)
-    enc = comfy.node_classes["CLIPTextEncode"]()
-    conds = {name: enc.encode(clip, text)[0] for name, text in
-             (("source", "a photo of a man"), ("edit", "a watercolor painting"), ("neg", "blurry"))}
-    return model, conds
-
-
 @pytest.fixture
 def previews(monkeypatch):
     """Set the preview method (as --preview-method does) and record every progress update."""
@@ -50,14 +39,14 @@ def _latent(n, seed=0, size=8):
     return {"samples": torch.randn(n, 4, size, size, generator=torch.Generator().manual_seed(seed))}
 
 
-def _invert(comfy, tiny, n, steps=2, fpc=16):
-    model, conds = tiny
+def _invert(comfy, tiny_sd15, n, steps=2, fpc=16):
+    model, conds = tiny_sd15
     node = comfy.node_classes["VideoEditTokenFlowDDIMInverter"]
     return node.execute(model, conds["source"], _latent(n), steps, "ddim_uniform", 0, fpc).result
 
 
-def _sample(comfy, tiny, inv, fpc, **kw):
-    model, conds = tiny
+def _sample(comfy, tiny_sd15, inv, fpc, **kw):
+    model, conds = tiny_sd15
     args = dict(cfg=3.0, keyframe_interval=2, keyframes="random", seed=0, propagation=True,
                 extended_attention=True, pnp_f_t=0.8, pnp_attn_t=0.5, denoise=1.0, frames_per_chunk=fpc)
     args.update(kw)
@@ -94,83 +83,83 @@ def test_preview_frames_are_first_middle_last(comfy):
     assert preview_frames(2) == [0, 1] and preview_frames(1) == [0] and preview_frames(0) == []
 
 
-def test_sampler_progress_is_frames_times_steps_and_last_preview_is_its_result(comfy, tiny, previews):
+def test_sampler_progress_is_frames_times_steps_and_last_preview_is_its_result(comfy, tiny_sd15, previews):
     """5 frames in chunks of 2, keyframes every 2 frames (3 per step): per step the keyframe pass
     (3) and the chunks (2, 2, 1). Previews come per chunk that holds a shown frame (0, 2, 4: every
     chunk), and the last one shows the frames the sampler returns."""
-    inv, _ = _invert(comfy, tiny, 5)
+    inv, _ = _invert(comfy, tiny_sd15, 5)
     seen = previews("latent2rgb")
-    out = _sample(comfy, tiny, inv, fpc=2)
+    out = _sample(comfy, tiny_sd15, inv, fpc=2)
     _check_progress(seen, inv.steps * (3 + 5))
     per_step = [3, 5, 7, 8]
     assert [v for v, *_ in seen] == [s * 8 + v for s in range(inv.steps) for v in per_step]
     with_preview = [v for v, _, p in seen if p is not None]
     assert with_preview == [s * 8 + v for s in range(inv.steps) for v in per_step[1:]]  # not after the keyframe pass
-    model = tiny[0]
+    model = tiny_sd15[0]
     final = model.model.latent_format.process_in(out)
     for panel, frame in zip(_panels(seen[-1][2], 3), (0, 2, 4)):
         assert np.abs(panel - _latent2rgb(model, final[frame])).max() <= 1
 
 
-def test_sampler_previews_per_chunk_while_a_step_runs(comfy, tiny, previews):
+def test_sampler_previews_per_chunk_while_a_step_runs(comfy, tiny_sd15, previews):
     """Plain DDIM (all TokenFlow features off) in chunks of 2 of 7 frames: shown frames 0, 3, 6
     sit in chunks 1, 2 and 4; chunk 3 changes none of them and sends no preview (nothing decoded).
     Frames not reached in the first step show a blank panel until their chunk has run."""
-    inv, _ = _invert(comfy, tiny, 7)
+    inv, _ = _invert(comfy, tiny_sd15, 7)
     seen = previews("latent2rgb")
-    _sample(comfy, tiny, inv, fpc=2, propagation=False, extended_attention=False, pnp_f_t=0.0, pnp_attn_t=0.0)
+    _sample(comfy, tiny_sd15, inv, fpc=2, propagation=False, extended_attention=False, pnp_f_t=0.0, pnp_attn_t=0.0)
     _check_progress(seen, inv.steps * 7)
     assert [v for v, *_ in seen] == [s * 7 + v for s in range(inv.steps) for v in (2, 4, 6, 7)]
     assert [p is not None for _, _, p in seen] == [True, True, False, True] * inv.steps
     first = _panels(seen[0][2], 3)
-    blank = _latent2rgb(tiny[0], torch.zeros(4, 8, 8))
+    blank = _latent2rgb(tiny_sd15[0], torch.zeros(4, 8, 8))
     assert np.abs(first[1] - blank).max() <= 1 and np.abs(first[2] - blank).max() <= 1
     assert np.abs(first[0] - blank).max() > 1
 
 
-def test_inverter_progress_and_previews_start_from_the_source(comfy, tiny, previews):
+def test_inverter_progress_and_previews_start_from_the_source(comfy, tiny_sd15, previews):
     seen = previews("latent2rgb")
-    inv, _ = _invert(comfy, tiny, 7, steps=3, fpc=2)
+    inv, _ = _invert(comfy, tiny_sd15, 7, steps=3, fpc=2)
     _check_progress(seen, 3 * 7)
     # chunk-major: every step of chunk [0, 2), then of [2, 4), ...
     assert [v for v, *_ in seen] == [2, 4, 6, 8, 10, 12, 14, 16, 18, 19, 20, 21]
     assert [p is not None for _, _, p in seen] == [True] * 6 + [False] * 3 + [True] * 3  # [4, 6) shows no frame
-    model = tiny[0]
+    model = tiny_sd15[0]
     source = model.model.latent_format.process_in(_latent(7)["samples"])
     panels = _panels(seen[0][2], 3)
     for panel, frame in zip(panels[1:], (3, 6)):  # not reached yet: the source itself
         assert np.abs(panel - _latent2rgb(model, source[frame])).max() <= 1
 
 
-def test_taesd_previews_decode_each_frame_to_pixels(comfy, tiny, previews):
+def test_taesd_previews_decode_each_frame_to_pixels(comfy, tiny_sd15, previews):
     """With the TAESD method, core's TAESD previewer (models/vae_approx/taesd_decoder) decodes
     each shown frame: a strip of three 64x64 pictures for 8x8 latents."""
-    inv, _ = _invert(comfy, tiny, 5)
+    inv, _ = _invert(comfy, tiny_sd15, 5)
     seen = previews("taesd")
-    _sample(comfy, tiny, inv, fpc=16)
+    _sample(comfy, tiny_sd15, inv, fpc=16)
     shots = [p for _, _, p in seen if p is not None]
     assert shots and all(p[1].size == (3 * 64, 64) for p in shots)
 
 
-def test_no_previews_when_off_or_headless(comfy, tiny, previews, monkeypatch):
+def test_no_previews_when_off_or_headless(comfy, tiny_sd15, previews, monkeypatch):
     import latent_preview
-    inv, _ = _invert(comfy, tiny, 5)
+    inv, _ = _invert(comfy, tiny_sd15, 5)
     seen = previews("none")
-    _sample(comfy, tiny, inv, fpc=2)
+    _sample(comfy, tiny_sd15, inv, fpc=2)
     assert seen and all(p is None for *_, p in seen)
     built = []
     monkeypatch.setattr(latent_preview, "get_previewer", lambda *a: built.append(a))
     previews("latent2rgb", hook=False)  # headless: nobody to show a preview to
-    _sample(comfy, tiny, inv, fpc=2)
-    _invert(comfy, tiny, 5)
+    _sample(comfy, tiny_sd15, inv, fpc=2)
+    _invert(comfy, tiny_sd15, 5)
     assert built == []
 
 
-def test_inverter_cancel_stops_within_one_chunk(comfy, tiny, cancel_at):
+def test_inverter_cancel_stops_within_one_chunk(comfy, tiny_sd15, cancel_at):
     import comfy.model_management as mm
     seen = cancel_at(1)
     with pytest.raises(mm.InterruptProcessingException):
-        _invert(comfy, tiny, 7, steps=3, fpc=2)
+        _invert(comfy, tiny_sd15, 7, steps=3, fpc=2)
     assert seen == [(2, 21)]
 
 

@@ -26,13 +26,8 @@ def _gaussian_wrapped(model, share=UNET_SHARE, seed=5):
 
 
 @pytest.fixture(scope="module")
-def tiny(comfy):
-    from harness.fixtures import build_clip, build_model, tiny_unet_config
-    base = build_model(tiny_unet_config(), seed=3)
-    clip = build_clip(tiny=True)
-    enc = comfy.node_classes["CLIPTextEncode"]()
-    conds = {name: enc.encode(clip, text)[0] for name, text in
-             (("source", "a photo of a man"), ("edit", "a watercolor painting of a robot"), ("neg", "blurry"))}
+def tiny(tiny_sd15):
+    base, conds = tiny_sd15
     return base, _gaussian_wrapped(base), conds
 
 
